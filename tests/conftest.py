@@ -1,0 +1,267 @@
+"""Session fixtures: real services on loopback, real ECGs, conformance weights.
+
+- ``s3``: a SeaweedFS server (``weed mini``) on 127.0.0.1 with every port chosen explicitly and
+  real credentials; the AWS_* variables point at it for the whole session.
+- ``http_server``: serves a local folder over HTTP on 127.0.0.1 (also speaks the small part of
+  the Hugging Face Hub protocol that ``hf_hub_download`` uses, under ``/<org>/<repo>/resolve/``).
+- ``ray_local``: one local Ray per session (2 CPUs, no dashboard).
+- ``shared_dir`` and the weights fixtures need ``../shared`` (conformance data and real ECGs);
+  without it they skip with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+S3_KEY, S3_SECRET, S3_BUCKET = "ecgembed-test", "ecgembed-test-secret", "ecg"
+
+
+# --------------------------------------------------------------------------- shared data
+def _shared_path() -> Path:
+    return Path(os.environ.get("ECGEMBED_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = _shared_path()
+    if not (path / "conformance").is_dir() or not (path / "data" / "ecg").is_dir():
+        pytest.skip(f"needs the shared conformance data and ECGs at {path} (set ECGEMBED_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ecg_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "ecg"
+
+
+def _run_make_weights(script: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def melp_weights_dir(shared_dir, tmp_path_factory) -> Path:
+    """The MELP stand-in checkpoint in the released layout (+ the tiny text tower)."""
+    out = tmp_path_factory.mktemp("melp_weights")
+    _run_make_weights(shared_dir / "conformance" / "melp" / "make_weights.py", "--out", str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ked_weights_file(shared_dir, tmp_path_factory) -> Path:
+    """The ECGFM-KED stand-in checkpoint (released top-level layout, tiny text BERT)."""
+    out = tmp_path_factory.mktemp("ked_weights") / "ked_ref.pt"
+    stdout = _run_make_weights(shared_dir / "conformance" / "ecgfm-ked" / "make_weights.py",
+                               "--variant", "reference", "--out", str(out), "--verify")
+    assert "digests match" in stdout, stdout
+    return out
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    """A private weights/feature cache for one test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ECGEMBED_CACHE", str(cache))
+    return cache
+
+
+# --------------------------------------------------------------------------- S3 (SeaweedFS)
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+class S3Server:
+    """A running SeaweedFS S3 gateway; ``stop()``/``start()`` simulate an outage."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.bucket = S3_BUCKET
+        self.key, self.secret = S3_KEY, S3_SECRET
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._ports = {name: free_port() for name in (
+            "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+            "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc")}
+        self.proc: subprocess.Popen | None = None
+        self._fs = None
+
+    def start(self) -> None:
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        config = self.workdir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "tester", "credentials": [{"accessKey": self.key, "secretKey": self.secret}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        (self.workdir / "data").mkdir(exist_ok=True)
+        args = [weed, "mini", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
+                "-s3.port.lance=0", f"-s3.port={self.port}", f"-s3.config={config}", f"-bucket={self.bucket}"]
+        args += [f"-{name}={port}" for name, port in self._ports.items()]
+        self.log = open(self.workdir / "weed.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if not _wait_port(self.port, 60):
+            self.stop()
+            raise RuntimeError(f"SeaweedFS did not open port {self.port}; see {self.workdir / 'weed.log'}")
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        """The port opens before the filer can store objects: wait for a real write."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fs = self.fs
+                fs.pipe_file(f"{self.bucket}/.ready", b"ok")
+                fs.invalidate_cache()
+                return
+            except Exception:  # noqa: BLE001 - retried until the deadline, then re-raised
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 2 s (graceful shutdown of weed takes up to 13 s)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key,
+                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            import s3fs
+
+            self._fs = s3fs.S3FileSystem(key=self.key, secret=self.secret, skip_instance_cache=True,
+                                         client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"})
+        return self._fs
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key.lstrip('/')}"
+
+    def put_dir(self, local: Path, prefix: str) -> str:
+        """Upload a local folder under ``prefix``; returns its s3:// URI."""
+        for path in sorted(Path(local).rglob("*")):
+            if path.is_file():
+                self.fs.pipe_file(f"{self.bucket}/{prefix}/{path.relative_to(local).as_posix()}", path.read_bytes())
+        self.fs.invalidate_cache()
+        return self.url(prefix)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# --------------------------------------------------------------------------- HTTP (+ fake HF hub)
+FAKE_HF_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _handler_for(directory: Path):
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        """Static files; ``/<org>/<repo>/resolve/<rev>/<file>`` maps to ``<dir>/<org>/<repo>/<file>``
+        with the headers ``hf_hub_download`` needs (X-Repo-Commit, ETag)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(directory), **kwargs)
+
+        def translate_path(self, path):
+            parts = urllib.parse.urlparse(path).path.strip("/").split("/")
+            if len(parts) >= 5 and parts[2] == "resolve":
+                self._hf = True
+                path = "/" + "/".join(parts[:2] + parts[4:])
+            return super().translate_path(path)
+
+        def end_headers(self):
+            if getattr(self, "_hf", False):
+                local = Path(self.translate_path(self.path))
+                if local.is_file():
+                    etag = hashlib.sha256(local.read_bytes()).hexdigest()
+                    self.send_header("X-Repo-Commit", FAKE_HF_COMMIT)
+                    self.send_header("ETag", f'"{etag}"')
+            super().end_headers()
+
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+    return Handler
+
+
+@pytest.fixture(scope="session")
+def http_server():
+    """``http_server(directory) -> base URL`` of a loopback HTTP server for that folder."""
+    servers = []
+
+    def start(directory) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(Path(directory)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+# --------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="session")
+def ray_local(s3):
+    """One local Ray for the session; workers see the S3 fixture through their env."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {**s3.env, "RAY_USAGE_STATS_ENABLED": "0"}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -1,0 +1,83 @@
+"""ecgembed.weights: one fetch per node, cached, named by sha256, from every supported source."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from ecgembed import weights
+from ecgembed.errors import WeightsError
+
+
+@pytest.fixture
+def blob(tmp_path):
+    data = os.urandom(3 << 20) + b"end"
+    folder = tmp_path / "src" / "org" / "repo"
+    folder.mkdir(parents=True)
+    (folder / "model.bin").write_bytes(data)
+    return folder / "model.bin", hashlib.sha256(data).hexdigest()
+
+
+def test_local_path_and_file_uri(blob, tmp_cache):
+    path, sha = blob
+    for uri in (str(path), f"file://{path}"):
+        got = weights.fetch(uri)
+        assert got.path == path and got.sha256 == sha
+    # the digest is memoised per (path, size, mtime): a changed file gets a new digest
+    path.write_bytes(b"changed")
+    assert weights.fetch(str(path)).sha256 == hashlib.sha256(b"changed").hexdigest()
+
+
+def test_missing_local_file_is_a_weights_error(tmp_path, tmp_cache):
+    with pytest.raises(WeightsError, match="no such file"):
+        weights.fetch(str(tmp_path / "nope.safetensors"))
+
+
+def test_s3_download_is_cached(blob, s3, tmp_cache):
+    path, sha = blob
+    s3.fs.pipe_file(f"{s3.bucket}/weights/model.bin", path.read_bytes())
+    first = weights.fetch(s3.url("weights/model.bin"))
+    assert first.sha256 == sha and first.path.read_bytes() == path.read_bytes()
+    assert str(first.path).startswith(str(tmp_cache))
+    mtime = first.path.stat().st_mtime_ns
+    s3.fs.rm(f"{s3.bucket}/weights/model.bin")  # a cached file needs no round trip
+    again = weights.fetch(s3.url("weights/model.bin"))
+    assert again.path == first.path and again.path.stat().st_mtime_ns == mtime and again.sha256 == sha
+
+
+def test_s3_missing_object(s3, tmp_cache):
+    with pytest.raises(WeightsError, match="no such file"):
+        weights.fetch(s3.url("weights/does-not-exist.pt"))
+
+
+def test_https_download(blob, http_server, tmp_cache):
+    path, sha = blob
+    base = http_server(path.parent)
+    got = weights.fetch(f"{base}/model.bin")
+    assert got.sha256 == sha and got.path.stat().st_size == path.stat().st_size
+    with pytest.raises(WeightsError, match="model-missing.bin"):
+        weights.fetch(f"{base}/model-missing.bin")
+
+
+def test_hf_uri_through_a_local_hub(blob, http_server, tmp_cache, monkeypatch):
+    path, sha = blob
+    base = http_server(path.parent.parent.parent)  # serves <src>/org/repo/model.bin
+    monkeypatch.setenv("HF_ENDPOINT", base)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setattr(hfc, "ENDPOINT", base)
+    monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", base + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    got = weights.fetch("hf://org/repo/model.bin")
+    assert got.sha256 == sha and got.path.read_bytes() == path.read_bytes()
+
+
+def test_hf_offline_message_says_what_to_do(tmp_cache, monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match="offline.*local folder"):
+        weights.fetch("hf://fuyingw/MELP_Encoder/model.safetensors")
