@@ -49,10 +49,10 @@ class ECGError(EcgembedError, ValueError):
     def __init__(self, uri: str, error_type: str, problem: str):
         if error_type not in ERROR_TYPES:
             raise KeyError(f"unknown error_type {error_type!r}; known: {sorted(ERROR_TYPES)}")
-        self.uri = uri
+        self.uri = str(uri)
         self.error_type = error_type
         self.problem = problem
-        super().__init__(f"{uri}: {problem} [{error_type}]")
+        super().__init__(f"{self.uri}: {problem} [{error_type}]")
 
     def __reduce__(self):  # keep the fields when pickled across Ray workers
         return (type(self), (self.uri, self.error_type, self.problem))

@@ -1,0 +1,1 @@
+"""One module per ECG file format; each decodes from bytes already fetched (no I/O here)."""

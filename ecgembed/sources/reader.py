@@ -1,0 +1,86 @@
+"""Fetch a record's bytes (one GET per file) and decode them, whatever the storage.
+
+``read_record(uri)`` is the notebook entry point; the pipeline calls :func:`fetch_raw` and
+:func:`decode_raw` separately so fetching can overlap across many records.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ecgembed import storage
+from ecgembed.errors import ECGError
+from ecgembed.sources.formats import wfdb
+from ecgembed.sources.record import RawRecord, Record, parse_comments, to_mv
+
+HEADER_SUFFIXES = (".hea",)
+
+
+def header_uri(uri: str) -> str:
+    """A WFDB record may be named with or without ``.hea``."""
+    uri = os.fspath(uri)
+    return uri if uri.lower().endswith(HEADER_SUFFIXES) else uri + ".hea"
+
+
+def _stem(uri: str) -> str:
+    name = storage.basename(uri)
+    return name[: -len(".hea")] if name.lower().endswith(".hea") else name
+
+
+def fetch_raw(uri: str, record_id: str | None = None) -> RawRecord:
+    """The header and every signal file it names, one GET each (signal files fetched concurrently)."""
+    hea = header_uri(uri)
+    try:
+        header_bytes = storage.read_bytes(hea)
+    except FileNotFoundError:
+        raise ECGError(hea, "missing_file", "header file does not exist") from None
+    except OSError as exc:
+        raise ECGError(hea, "fetch_failed", f"could not fetch the header ({type(exc).__name__}: {exc})") from exc
+    header = wfdb.parse_header(header_bytes, hea)
+    return RawRecord(record_id or _stem(hea), hea, header_bytes, fetch_signal_files(hea, header.file_names))
+
+
+def fetch_signal_files(hea: str, names: list[str]) -> dict[str, bytes]:
+    """Bytes of each named file next to the header; missing files are left out (decode reports them)."""
+    folder = storage.parent(hea)
+    uris = {name: storage.join(folder, name) for name in names}
+    got = storage.read_many(list(uris.values()))
+    files: dict[str, bytes] = {}
+    for name, uri in uris.items():
+        value = got[uri]
+        if isinstance(value, FileNotFoundError):
+            continue
+        if isinstance(value, Exception):
+            raise ECGError(uri, "fetch_failed", f"could not fetch ({type(value).__name__}: {value})")
+        files[name] = value
+    return files
+
+
+def decode_raw(raw: RawRecord) -> Record:
+    """Decode fetched bytes into a :class:`Record` (float32, mV)."""
+    header = wfdb.parse_header(raw.header, raw.uri)
+    folder = storage.parent(raw.uri)
+    decoded = wfdb.decode(header, raw.files, lambda name: storage.join(folder, name))
+    units = [s.units for s in header.signals]
+    return Record(
+        record_id=raw.record_id, uri=raw.uri, fs=header.fs, sig_name=[s.name for s in header.signals],
+        units=units, signal=to_mv(decoded.signal, units), metadata=parse_comments(header.comments),
+        comments=list(header.comments), format="wfdb",
+    )
+
+
+def read_record(uri: str, record_id: str | None = None) -> Record:
+    """Read one record from a local path, ``file://``, ``s3://``, ``gs://`` or ``http(s)://`` URI.
+
+    For WFDB the URI names the header, with or without ``.hea``. Returns the record id (the
+    header's stem unless given), sampling rate, channel names and units as stored, header
+    comments (``metadata`` holds the ``key: value`` ones such as Age, Sex, Dx), and the physical
+    signal in mV as float32 (channels x samples). Problems raise :class:`ECGError` naming the
+    file and the problem.
+    """
+    uri = os.fspath(uri)
+    suffix = os.path.splitext(storage.basename(uri))[1].lower()
+    if suffix not in ("", ".hea") and suffix[1:].isalpha():
+        raise ECGError(uri, "not_ecg", f"no reader for {suffix!r} files (supported: WFDB records, a .hea header "
+                                       "plus the signal files it names)")
+    return decode_raw(fetch_raw(uri, record_id))
