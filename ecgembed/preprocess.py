@@ -1,0 +1,154 @@
+"""Turn 12 standard leads into exactly the input each model expects, plus quality flags.
+
+Both functions take the (12, N) signal in :data:`ecgembed.leads.MODEL_ORDER` (mV) and its
+sampling rate, and work in float64 before casting to float32, as the reference code does.
+
+**MELP** (``melp_input``, 12 x 5000, 500 Hz, 10 s): non-finite samples -> 0; a record not at
+500 Hz is resampled to 500 Hz with a polyphase filter (``scipy.signal.resample_poly``, the
+ratio reduced to integers; the original code only ever saw 500 Hz, so this is our choice);
+the first 5000 samples are kept, a shorter record is zero-padded at the end; then one
+min-max over the whole 12 x 5000 array: ``(x - min) / (max - min + 1e-8)``. The global scaling
+keeps the ratios between leads and makes the input independent of the amplitude unit.
+
+**ECGFM-KED** (``ked_input``, 12 x 1000, 100 Hz, 10 s, mV, no normalisation): non-finite
+samples -> 0; the WHOLE record is FFT-resampled (``scipy.signal.resample``) to
+``floor(N * 100 / fs)`` samples, as the original ``int(N / 5)``; the first 1000 samples are
+kept, a shorter result is zero-padded centred (``start = (1000 - n) // 2``).
+
+Each version string below changes whenever the numbers would: it hashes the parameters, and
+the leading counter is bumped when the code changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+
+import numpy as np
+import scipy.signal
+
+from ecgembed.leads import MODEL_ORDER
+
+MELP_FS, MELP_SAMPLES = 500, 5000
+KED_FS, KED_SAMPLES = 100, 1000
+MINMAX_EPS = 1e-8
+
+# Thresholds of the quality flags (documented in docs/preprocessing.md).
+FLAT_PTP_MV = 0.02            # a lead whose peak-to-peak is below 20 µV carries no signal
+SUSPECT_AMPLITUDE_MV = 20.0   # |x| above this hints at a wrong gain or unit
+# The median over leads of the peak-to-peak amplitude is 0.5-3.7 mV on every real record of the
+# sample set; a 5x gain error (GE MUSE -> WFDB conversion) gives 5.4 mV while its max |x| stays
+# at 8.4 mV, under SUSPECT_AMPLITUDE_MV. Outside this range the gain or unit is likely wrong.
+PLAUSIBLE_MEDIAN_PTP_MV = (0.05, 5.0)
+
+
+def _version(counter: int, params: dict) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{counter}+{digest}"
+
+
+MELP_PREPROC_VERSION = "melp-" + _version(1, {
+    "fs": MELP_FS, "samples": MELP_SAMPLES, "resample": "resample_poly", "crop": "first", "pad": "end-zeros",
+    "nonfinite": 0, "norm": "global-minmax", "eps": MINMAX_EPS, "leads": MODEL_ORDER, "math": "float64"})
+KED_PREPROC_VERSION = "ked-" + _version(1, {
+    "fs": KED_FS, "samples": KED_SAMPLES, "resample": "fft-whole-record-floor", "crop": "first",
+    "pad": "centred-zeros", "nonfinite": 0, "norm": None, "units": "mV", "leads": MODEL_ORDER, "math": "float64"})
+
+
+def _finite(signal: np.ndarray) -> np.ndarray:
+    x = np.asarray(signal, dtype=np.float64)
+    if not np.isfinite(x).all():
+        x = np.where(np.isfinite(x), x, 0.0)
+    return x
+
+
+def _check(signal: np.ndarray) -> None:
+    if signal.ndim != 2 or signal.shape[0] != 12:
+        raise ValueError(f"expected the 12 standard leads as a (12, N) array, got shape {signal.shape}")
+    if signal.shape[1] == 0:
+        raise ValueError("the signal has no samples")
+
+
+def resample_to(x: np.ndarray, fs: float, target_fs: int) -> np.ndarray:
+    """Polyphase resampling of (12, N) float64 from ``fs`` to ``target_fs`` (identity if equal)."""
+    if fs == target_fs:
+        return x
+    ratio = Fraction(target_fs) / Fraction(fs).limit_denominator(10_000)
+    return scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=1)
+
+
+def melp_input(signal: np.ndarray, fs: float) -> np.ndarray:
+    """MELP's model input: float32 (12, 5000), globally min-max scaled to [0, 1]."""
+    _check(signal)
+    x = _finite(signal)
+    if fs != MELP_FS:
+        # only the first 10 s are used: resample a little more than that, not a 30-min Holter
+        keep = int(np.ceil((MELP_SAMPLES + 64) * fs / MELP_FS))
+        x = resample_to(x[:, :keep], fs, MELP_FS)
+    out = np.zeros((12, MELP_SAMPLES), np.float64)
+    n = min(MELP_SAMPLES, x.shape[1])
+    out[:, :n] = x[:, :n]
+    low, high = out.min(), out.max()
+    return ((out - low) / (high - low + MINMAX_EPS)).astype(np.float32)
+
+
+def ked_resampled_length(n_samples: int, fs: float) -> int:
+    """``floor(N * 100 / fs)``, exactly (the original's integer division)."""
+    return int(Fraction(n_samples * KED_FS) / Fraction(fs))
+
+
+def ked_input(signal: np.ndarray, fs: float) -> np.ndarray:
+    """ECGFM-KED's model input: float32 (12, 1000) at 100 Hz, in mV, not normalised."""
+    _check(signal)
+    x = _finite(signal)
+    if fs != KED_FS:
+        n = ked_resampled_length(x.shape[1], fs)
+        if n == 0:
+            raise ValueError(f"{x.shape[1]} samples at {fs} Hz is shorter than one sample at {KED_FS} Hz")
+        x = scipy.signal.resample(x, n, axis=1)
+    n = x.shape[1]
+    if n >= KED_SAMPLES:
+        return x[:, :KED_SAMPLES].astype(np.float32)
+    out = np.zeros((12, KED_SAMPLES), np.float32)
+    start = (KED_SAMPLES - n) // 2
+    out[:, start : start + n] = x
+    return out
+
+
+@dataclass(frozen=True)
+class QualityFlags:
+    """Per-record facts worth keeping next to an embedding (columns of the output tables)."""
+
+    fs: float                 # original sampling rate, Hz
+    n_samples: int            # original length, samples
+    duration_s: float
+    n_nonfinite: int          # non-finite samples in the 12 leads (set to 0 before the models)
+    flat_leads: tuple[str, ...]   # leads whose peak-to-peak is below FLAT_PTP_MV
+    max_abs_mv: float         # largest finite |sample| over the 12 leads
+    median_ptp_mv: float      # median over the 12 leads of the peak-to-peak amplitude
+    amplitude_suspect: bool   # max_abs_mv > 20 mV or median_ptp_mv outside 0.05-5 mV: gain/unit likely wrong
+    derived_leads: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def quality_flags(signal: np.ndarray, fs: float, derived: tuple[str, ...] = ()) -> QualityFlags:
+    """Quality flags of the (12, N) standard-lead signal in mV."""
+    _check(signal)
+    finite = np.isfinite(signal)
+    clean = np.where(finite, signal, np.nan)
+    with np.errstate(all="ignore"):
+        ptp = np.nanmax(clean, axis=1) - np.nanmin(clean, axis=1)
+        max_abs = float(np.nanmax(np.abs(clean))) if finite.any() else float("nan")
+    flat = tuple(lead for lead, p in zip(MODEL_ORDER, ptp) if not p >= FLAT_PTP_MV)
+    median_ptp = float(np.nanmedian(ptp)) if finite.any() else float("nan")
+    low, high = PLAUSIBLE_MEDIAN_PTP_MV
+    suspect = max_abs > SUSPECT_AMPLITUDE_MV or not low <= median_ptp <= high
+    return QualityFlags(
+        fs=float(fs), n_samples=int(signal.shape[1]), duration_s=float(signal.shape[1] / fs),
+        n_nonfinite=int((~finite).sum()), flat_leads=flat, max_abs_mv=max_abs, median_ptp_mv=median_ptp,
+        amplitude_suspect=bool(suspect), derived_leads=tuple(derived),
+    )
