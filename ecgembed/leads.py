@@ -15,6 +15,7 @@ missing, or a lead whose every sample is non-finite, is an error: never a silent
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ _CANONICAL.update({"di": "I", "dii": "II", "diii": "III", "d1": "I", "d2": "II",
 _PREFIX = re.compile(r"^(mdc_ecg_lead_|lead_|lead|ecg_|ecg)")
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_lead(name: str) -> str | None:
     """The standard lead a stored channel name denotes, or None (e.g. ``vx``, ``STATUS``)."""
     key = re.sub(r"\(.*?\)", "", name.strip().lower())          # "Lead I (Einthoven)" -> "lead i "

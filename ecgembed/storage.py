@@ -91,8 +91,11 @@ def fs_and_path(uri: str) -> tuple[AbstractFileSystem, str]:
 
 def read_bytes(uri: str) -> bytes:
     """The whole object in one GET."""
-    fs, path = fs_and_path(uri)
-    return fs.cat_file(path)
+    protocol, path = split(uri)
+    if protocol == "file":
+        with open(path, "rb") as handle:
+            return handle.read()
+    return filesystem(protocol).cat_file(path)
 
 
 def read_many(uris: list[str]) -> dict[str, bytes | Exception]:
@@ -111,8 +114,9 @@ def read_many(uris: list[str]) -> dict[str, bytes | Exception]:
         if protocol == "file":  # local reads: no benefit from concurrency machinery
             for uri, path in pairs:
                 try:
-                    out[uri] = fs.cat_file(path)
-                except Exception as exc:  # noqa: BLE001 - returned per URI, never swallowed
+                    with open(path, "rb") as handle:
+                        out[uri] = handle.read()
+                except OSError as exc:  # returned per URI, never swallowed
                     out[uri] = exc
             continue
         got = fs.cat([p for _, p in pairs], on_error="return")
@@ -133,6 +137,11 @@ def join(base: str, *parts: str) -> str:
 def exists(uri: str) -> bool:
     fs, path = fs_and_path(uri)
     return fs.exists(path)
+
+
+def isdir(uri: str) -> bool:
+    fs, path = fs_and_path(uri)
+    return fs.isdir(path)
 
 
 @dataclass(frozen=True)

@@ -107,3 +107,13 @@ def test_quality_flags(ecg_dir):
 def test_preproc_versions_name_the_model_and_are_stable():
     assert MELP_PREPROC_VERSION.startswith("melp-1+") and KED_PREPROC_VERSION.startswith("ked-1+")
     assert MELP_PREPROC_VERSION == "melp-1+f2b2f0af"   # changing a parameter must change this string
+
+
+@pytest.mark.parametrize("n, num", [(5000, 1000), (5974, 1194), (22498, 4499), (1000, 5000), (999, 4000), (2001, 1000)])
+def test_fft_resample_is_scipy_resample_bit_for_bit(n, num):
+    import scipy.signal
+
+    from ecgembed.preprocess import fft_resample
+
+    x = np.random.default_rng(n).standard_normal((12, n))
+    np.testing.assert_array_equal(fft_resample(x, num), scipy.signal.resample(x, num, axis=1))

@@ -37,7 +37,7 @@ def fetch_raw(uri: str, record_id: str | None = None) -> RawRecord:
     except OSError as exc:
         raise ECGError(hea, "fetch_failed", f"could not fetch the header ({type(exc).__name__}: {exc})") from exc
     header = wfdb.parse_header(header_bytes, hea)
-    return RawRecord(record_id or _stem(hea), hea, header_bytes, fetch_signal_files(hea, header.file_names))
+    return RawRecord(record_id or _stem(hea), hea, header_bytes, fetch_signal_files(hea, header.file_names), header)
 
 
 def fetch_signal_files(hea: str, names: list[str]) -> dict[str, bytes]:
@@ -56,9 +56,53 @@ def fetch_signal_files(hea: str, names: list[str]) -> dict[str, bytes]:
     return files
 
 
+def fetch_many(refs: list[tuple[str, str]]) -> list[RawRecord | ECGError]:
+    """Fetch many records with every request of a round in flight at once.
+
+    ``refs`` are ``(header_uri, record_id)`` pairs. Round 1 GETs all headers concurrently,
+    round 2 all the signal files they name. Each result is the record's bytes or the
+    :class:`ECGError` that stops it, in input order; one bad record never sinks the batch.
+    """
+    headers = storage.read_many([header_uri(uri) for uri, _ in refs])
+    parsed: list[tuple[str, str, bytes, wfdb.Header] | ECGError] = []
+    for uri, record_id in refs:
+        hea = header_uri(uri)
+        value = headers[hea]
+        if isinstance(value, FileNotFoundError):
+            parsed.append(ECGError(hea, "missing_file", "header file does not exist"))
+        elif isinstance(value, Exception):
+            parsed.append(ECGError(hea, "fetch_failed", f"could not fetch the header ({type(value).__name__}: {value})"))
+        else:
+            try:
+                parsed.append((hea, record_id, value, wfdb.parse_header(value, hea)))
+            except ECGError as err:
+                parsed.append(err)
+    wanted = [storage.join(storage.parent(p[0]), name) for p in parsed if not isinstance(p, ECGError)
+              for name in p[3].file_names]
+    files = storage.read_many(wanted)
+    out: list[RawRecord | ECGError] = []
+    for item in parsed:
+        if isinstance(item, ECGError):
+            out.append(item)
+            continue
+        hea, record_id, header_bytes, header = item
+        folder, got, failed = storage.parent(hea), {}, None
+        for name in header.file_names:
+            uri = storage.join(folder, name)
+            value = files[uri]
+            if isinstance(value, FileNotFoundError):
+                continue  # decode reports the missing file by name
+            if isinstance(value, Exception):
+                failed = ECGError(uri, "fetch_failed", f"could not fetch ({type(value).__name__}: {value})")
+                break
+            got[name] = value
+        out.append(failed or RawRecord(record_id, hea, header_bytes, got, header))
+    return out
+
+
 def decode_raw(raw: RawRecord) -> Record:
     """Decode fetched bytes into a :class:`Record` (float32, mV)."""
-    header = wfdb.parse_header(raw.header, raw.uri)
+    header = raw.parsed if isinstance(raw.parsed, wfdb.Header) else wfdb.parse_header(raw.header, raw.uri)
     folder = storage.parent(raw.uri)
     decoded = wfdb.decode(header, raw.files, lambda name: storage.join(folder, name))
     units = [s.units for s in header.signals]

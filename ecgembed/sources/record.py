@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ class RawRecord:
     uri: str                                  # the header's URI
     header: bytes
     files: dict[str, bytes] = field(default_factory=dict)   # file name (as in the header) -> bytes
+    parsed: Any = field(default=None, compare=False, repr=False)  # the parsed header, when already parsed
 
     @property
     def content_sha256(self) -> str:

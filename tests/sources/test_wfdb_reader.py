@@ -113,3 +113,25 @@ def test_header_parser_edge_cases():
     assert first.name == "Lead I (Einthoven)"
     assert second.adc_gain == 200.0 and second.baseline == 7 and second.units == "mV" and second.name == ""
     assert header.comments == ("Dx: AF",)
+
+
+def test_fetch_many_keeps_order_and_isolates_failures(ecg_dir, s3, tmp_path):
+    from ecgembed import ECGError
+    from ecgembed.sources.reader import decode_raw, fetch_many
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for ext in (".hea", ".mat"):
+        (folder / f"E07500{ext}").write_bytes((ecg_dir / "cinc2021_torch-ecg" / f"E07500{ext}").read_bytes())
+    (folder / "garbage.hea").write_bytes(b"\x00\x01not a header")
+    (folder / "nomat.hea").write_bytes((ecg_dir / "cinc2021_torch-ecg" / "E07501.hea").read_bytes())
+    root = s3.put_dir(folder, "fetch-many")
+    names = ["E07500", "missing", "garbage", "nomat", "E07500"]
+    out = fetch_many([(f"{root}/{n}", f"id-{i}") for i, n in enumerate(names)])
+    assert [type(o).__name__ for o in out] == ["RawRecord", "ECGError", "ECGError", "RawRecord", "RawRecord"]
+    assert out[1].error_type == "missing_file" and out[2].error_type == "bad_header"
+    assert out[0].record_id == "id-0" and out[0].content_sha256 == out[4].content_sha256
+    ref = read_record(ecg_dir / "cinc2021_torch-ecg" / "E07500")
+    np.testing.assert_array_equal(decode_raw(out[0]).signal, ref.signal)
+    with pytest.raises(ECGError, match="'E07501.mat' named by the header does not exist"):
+        decode_raw(out[3])

@@ -232,7 +232,7 @@ def decode(header: Header, files: Mapping[str, bytes], uri_of: Callable[[str], s
     by_file: dict[str, list[int]] = {}
     for i, spec in enumerate(header.signals):
         by_file.setdefault(spec.file_name, []).append(i)
-    rows: list[np.ndarray | None] = [None] * len(header.signals)
+    signal: np.ndarray | None = None
     sig_len = header.sig_len
     for name, idx in by_file.items():
         data = files.get(name)
@@ -243,9 +243,11 @@ def decode(header: Header, files: Mapping[str, bytes], uri_of: Callable[[str], s
             sig_len = block.shape[1]
         elif block.shape[1] != sig_len:
             raise ECGError(uri_of(name), "truncated", f"{block.shape[1]} samples where other files hold {sig_len}")
-        for row, i in enumerate(idx):
-            rows[i] = block[row]
-    digital = np.vstack(rows)
+        if signal is None:
+            signal = np.empty((len(header.signals), sig_len), np.float64)
+        signal[idx] = block
     baseline = np.array([s.baseline for s in header.signals], np.float64)[:, None]
     gain = np.array([s.adc_gain for s in header.signals], np.float64)[:, None]
-    return Decoded(header, (digital - baseline) / gain)
+    signal -= baseline
+    signal /= gain
+    return Decoded(header, signal)
