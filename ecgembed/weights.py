@@ -96,8 +96,10 @@ def _fetch_remote(uri: str) -> FetchedFile:
         partial = slot / (name + ".partial")
         digest = hashlib.sha256()
         written = 0
+        # http(s): stream (block_size=0) so servers without Range support work; object stores: big blocks
+        block_size = 0 if storage.split(uri)[0] in ("http", "https") else _CHUNK
         try:
-            with fs.open(path, "rb", block_size=_CHUNK) as src, open(partial, "wb") as out:
+            with fs.open(path, "rb", block_size=block_size) as src, open(partial, "wb") as out:
                 while chunk := src.read(_CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
