@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""MELP encoder throughput, model only (input already on the device, no decoding, no I/O).
+
+    python bench/bench_melp.py                        # CPU fp32 at batch 1, 2, 4, 8
+    python bench/bench_melp.py --weights DIR_OR_URI   # a real checkpoint instead of random weights
+    python bench/bench_melp.py --token-level          # with the caption pooler (42.8 vs 41.6 GFLOP)
+    python bench/bench_melp.py --cpu-modes fp32,bf16  # also bf16 weights on CPU (AVX512-BF16/AMX)
+
+CPU: records/s per batch size, warm-up first, ratios to batch 1 (and to fp32 for other
+modes), achieved GFLOP/s.
+GPU (when ``torch.cuda.is_available()``): fp32 (TF32 off), bf16 autocast and bf16 weights at
+larger batch sizes; ratios to fp32 and the fraction of the FLOP bound (achieved FLOP/s over
+the device's peak; ``--peak-tflops`` for a device missing from :data:`PEAK_TFLOPS`). CUDA is
+synchronised before every clock read. Throughput does not depend on the weight values, so
+random weights are the default (no download needed).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ecgembed.models.melp import MELP, MELPConfig, MELPEncoder, load_melp
+
+# dense peak TFLOP/s: (fp32 without tensor cores, bf16 tensor cores); from the vendor data sheets
+PEAK_TFLOPS: dict[str, tuple[float, float]] = {
+    "H100 80GB HBM3": (67.0, 989.4),  # SXM
+    "H100 PCIe": (51.2, 756.0),
+    "H200": (67.0, 989.4),
+    "A100": (19.5, 312.0),
+}
+
+
+def build(args, device: str, mode: str) -> MELP:
+    """The object a Ray actor holds, in one precision mode: fp32 | autocast | bf16."""
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+    autocast = mode == "autocast"
+    if args.weights:
+        return load_melp(args.weights, device=device, dtype=dtype, token_level=args.token_level,
+                         autocast_bf16=autocast)
+    torch.manual_seed(0)
+    encoder = MELPEncoder(MELPConfig(), token_level=args.token_level)
+    torch.nn.init.normal_(encoder.proj_contrast, std=0.06)
+    encoder = encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return MELP(encoder, "random-weights", autocast_bf16=autocast)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def records_per_s(model: MELP, batch: int, device: str, min_time: float, warmup: int, repeats: int = 1) -> float:
+    """Best of ``repeats`` timed windows of at least ``min_time`` s (best-of: robust to other load)."""
+    x = torch.rand(batch, 12, 5000, device=device)
+    for _ in range(warmup):
+        model(x)
+    sync(device)
+    best = 0.0
+    for _ in range(repeats):
+        n, start = 0, time.perf_counter()
+        while True:
+            model(x)
+            n += 1
+            sync(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time and n >= 2:
+                break
+        best = max(best, n * batch / elapsed)
+    return best
+
+
+def peak_for(name: str, override: list[float] | None) -> tuple[float, float] | None:
+    if override:
+        return override[0], override[1]
+    for key, peak in PEAK_TFLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", help="MELP folder/file URI (default: random weights)")
+    ap.add_argument("--token-level", action="store_true", help="also run the caption pooler")
+    ap.add_argument("--cpu-batch-sizes", default="1,2,4,8")
+    ap.add_argument("--cpu-modes", default="fp32", help="comma list of fp32, autocast, bf16")
+    ap.add_argument("--gpu-batch-sizes", default="32,64,128,256")
+    ap.add_argument("--min-time", type=float, default=3.0, help="seconds per timed window (after warm-up)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed windows per row; the best is reported")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed batches before each row")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    ap.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument("--peak-tflops", type=float, nargs=2, metavar=("FP32", "BF16"),
+                    help="device peak for the FLOP-bound fraction (default: table by device name)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with torch.device("meta"):
+        flops = MELPEncoder(MELPConfig(), token_level=args.token_level).estimate_flops_per_record()
+    print(f"torch {torch.__version__}; {flops / 1e9:.1f} GFLOP/record "
+          f"({'with' if args.token_level else 'without'} the caption pooler); weights: {args.weights or 'random'}")
+
+    if not args.skip_cpu:
+        modes = args.cpu_modes.split(",")
+        print(f"\nCPU, {torch.get_num_threads()} threads, best of {args.repeats} windows of >= {args.min_time:g} s")
+        print(f"{'batch':>5} {'mode':>9} {'records/s':>10} {'vs batch 1':>10} {'vs fp32':>8} {'GFLOP/s':>8}")
+        rates: dict[tuple[str, int], float] = {}
+        for mode in modes:
+            model = build(args, "cpu", mode)
+            for batch in [int(b) for b in args.cpu_batch_sizes.split(",")]:
+                rate = rates[mode, batch] = records_per_s(model, batch, "cpu", args.min_time, args.warmup, args.repeats)
+                first = rates[mode, int(args.cpu_batch_sizes.split(",")[0])]
+                vs_fp32 = f"{rate / rates['fp32', batch]:>7.2f}x" if ("fp32", batch) in rates else "     n/a"
+                print(f"{batch:>5} {mode:>9} {rate:>10.2f} {rate / first:>9.2f}x {vs_fp32:>8} "
+                      f"{rate * flops / 1e9:>8.1f}")
+            del model
+
+    if not torch.cuda.is_available():
+        print("\nno CUDA device: GPU rows skipped")
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False  # "fp32" means fp32, not TF32
+    torch.backends.cudnn.allow_tf32 = False
+    name = torch.cuda.get_device_name()
+    peak = peak_for(name, args.peak_tflops)
+    print(f"\nGPU {name}; peak TFLOP/s fp32/bf16: {peak if peak else 'unknown (use --peak-tflops)'}")
+    print(f"{'batch':>5} {'mode':>9} {'records/s':>10} {'vs fp32':>8} {'TFLOP/s':>8} {'of peak':>8}")
+    fp32_rates: dict[int, float] = {}
+    for mode in ("fp32", "autocast", "bf16"):
+        model = build(args, "cuda", mode)
+        for batch in [int(b) for b in args.gpu_batch_sizes.split(",")]:
+            rate = records_per_s(model, batch, "cuda", args.min_time, max(args.warmup, 3), args.repeats)
+            fp32_rates.setdefault(batch, rate)
+            achieved = rate * flops / 1e12
+            frac = f"{achieved / (peak[0] if mode == 'fp32' else peak[1]):>7.1%}" if peak else "    n/a"
+            print(f"{batch:>5} {mode:>9} {rate:>10.1f} {rate / fp32_rates[batch]:>7.2f}x {achieved:>8.1f} {frac:>8}")
+        del model
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
