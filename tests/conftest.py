@@ -154,8 +154,9 @@ def ray_local(s3):
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # PYTHONPATH: workers can import the `tests` package (fault-injection hooks live there)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {**s3.env, "RAY_USAGE_STATS_ENABLED": "0"}})
+             runtime_env={"env_vars": {**s3.env, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}})
     try:
         yield ray
     finally:

@@ -13,7 +13,8 @@ bytes. The exact ``content_sha256`` is computed from the bytes when the record i
 A manifest is a CSV with one column of record paths, relative to the CSV's folder or absolute
 URIs, with or without ``.hea``: MIMIC-IV-ECG's ``record_list.csv`` (column ``path``) and PTB-XL's
 ``ptbxl_database.csv`` (``filename_hr``) work as they are. The column is chosen from
-:data:`MANIFEST_COLUMNS` unless named explicitly.
+:data:`MANIFEST_COLUMNS` unless named explicitly. The CSV's folder is listed once to
+fingerprint the records it names (entries given as absolute URIs get no fingerprint).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class RecordRef:
     record_id: str
     uri: str              # the header's URI
     input_root: str       # the input this record was found under
-    fingerprint: str      # digest of the listing entries of the record's files ("" from a manifest)
+    fingerprint: str      # digest of the listing entries of the record's files ("" if not listed)
 
 
 def discover(input_uri: str, manifest_column: str | None = None) -> list[RecordRef]:
@@ -55,16 +56,17 @@ def _stem(uri: str) -> str:
     return name[:-4] if name.lower().endswith(".hea") else name
 
 
-def _from_listing(root: str) -> list[RecordRef]:
+def _index(root: str) -> tuple[dict[tuple[str, str], list[tuple[str, dict]]], list[str]]:
+    """List ``root`` once: files grouped by (folder, stem) relative to the root, and the headers."""
     protocol, root_path = storage.split(root)
     fs = storage.filesystem(protocol)
+    fs.invalidate_cache()
     try:
         entries = fs.find(root_path, detail=True)
     except FileNotFoundError:
         raise ConfigError(f"input {root!r} does not exist") from None
     if not entries and not fs.exists(root_path):
         raise ConfigError(f"input {root!r} does not exist")
-    # folder -> stem -> [entry info], to fingerprint each header with its same-stem siblings
     by_stem: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     headers: list[str] = []
     for path, info in entries.items():
@@ -74,16 +76,23 @@ def _from_listing(root: str) -> list[RecordRef]:
         if any(part.startswith(".") for part in rel.split("/")):
             continue  # hidden files and folders (.ready markers, .ipynb_checkpoints...)
         folder, name = posixpath.split(rel)
-        stem = name.split(".", 1)[0]
-        by_stem.setdefault((folder, stem), []).append((name, info))
+        by_stem.setdefault((folder, name.split(".", 1)[0]), []).append((name, info))
         if name.lower().endswith(".hea"):
             headers.append(rel)
-    refs = []
-    for rel in headers:
-        folder, name = posixpath.split(rel)
-        siblings = by_stem[(folder, name.split(".", 1)[0])]
-        refs.append(RecordRef(rel[:-4], storage.unsplit(protocol, _join(root_path, rel, protocol)), root,
-                              _fingerprint(siblings)))
+    return by_stem, headers
+
+
+def _fingerprint_of(by_stem, rel_record: str) -> str:
+    folder, name = posixpath.split(rel_record)
+    siblings = by_stem.get((folder, name.split(".", 1)[0]))
+    return _fingerprint(siblings) if siblings else ""
+
+
+def _from_listing(root: str) -> list[RecordRef]:
+    protocol, root_path = storage.split(root)
+    by_stem, headers = _index(root)
+    refs = [RecordRef(rel[:-4], storage.unsplit(protocol, _join(root_path, rel, protocol)), root,
+                      _fingerprint_of(by_stem, rel[:-4])) for rel in headers]
     return sorted(refs, key=lambda r: r.record_id)
 
 
@@ -120,6 +129,7 @@ def _from_manifest(csv_uri: str, column: str | None) -> list[RecordRef]:
         raise ConfigError(f"manifest {csv_uri!r}: no record-path column (looked for {column or ', '.join(MANIFEST_COLUMNS)}; "
                           f"columns are {', '.join(fields) or 'none'})")
     root = storage.parent(csv_uri)
+    by_stem, _ = _index(root)   # one listing gives every record's fingerprint
     refs: dict[str, RecordRef] = {}
     for line, row in enumerate(reader, start=2):
         value = (row.get(column) or "").strip()
@@ -127,9 +137,10 @@ def _from_manifest(csv_uri: str, column: str | None) -> list[RecordRef]:
             raise ConfigError(f"manifest {csv_uri!r} line {line}: empty {column!r}")
         rel = value[:-4] if value.lower().endswith(".hea") else value
         if "://" in rel:
-            uri, record_id = rel + ".hea", rel.split("://", 1)[1]
+            uri, record_id, fingerprint = rel + ".hea", rel.split("://", 1)[1], ""
         else:
             rel = rel.lstrip("/")
             uri, record_id = storage.join(root, rel + ".hea"), rel
-        refs.setdefault(record_id, RecordRef(record_id, uri, root, ""))
+            fingerprint = _fingerprint_of(by_stem, rel)
+        refs.setdefault(record_id, RecordRef(record_id, uri, root, fingerprint))
     return sorted(refs.values(), key=lambda r: r.record_id)

@@ -1,0 +1,27 @@
+"""Fault injection for tests only: hooks the model stages call when ECGEMBED_FAULT_HOOK names them.
+
+    ECGEMBED_FAULT_HOOK=tests.faults:die_once:/tmp/faultdir
+
+``/tmp/faultdir/fault.json`` says which model and which batch: {"model": "melp", "batch": 2}.
+The actor process exits (like an OOM kill or a lost node) the first time that model's actor
+reaches that batch; a marker file makes it happen once, not again in the restarted actor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def die_once(fault_dir: str, model: str, batch_index: int) -> None:
+    folder = Path(fault_dir)
+    spec = json.loads((folder / "fault.json").read_text())
+    if model != spec["model"] or batch_index != spec["batch"]:
+        return
+    try:
+        fd = os.open(folder / "fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os._exit(1)

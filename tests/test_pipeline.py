@@ -1,0 +1,113 @@
+"""The job end to end on real Ray, real S3 and real Parquet read back by DuckDB."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ecgembed.config import RunConfig
+from ecgembed.pipeline import run
+from ecgembed.tables.schemas import KED_TABLE, MELP_TABLE
+
+
+def _duckdb(s3=None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    if s3 is not None:
+        con.register_filesystem(s3.fs)
+    return con
+
+
+def _table(output: str, name: str) -> str:
+    return f"read_parquet('{output}/{name}/**/*.parquet', hive_partitioning = true)"
+
+
+@pytest.fixture(scope="module")
+def conformance_weights(shared_dir, melp_weights_dir, ked_weights_file):
+    return {"melp_weights": str(melp_weights_dir), "ked_weights": str(ked_weights_file),
+            "ked_text_model": str(shared_dir / "conformance" / "ecgfm-ked" / "tiny_bert")}
+
+
+def test_job_from_s3_to_s3_read_back_with_duckdb(ecg_dir, s3, ray_local, conformance_weights, tmp_cache):
+    archive = s3.put_dir(ecg_dir, "pipeline/archive")
+    # two bad records next to the real ones: a truncated signal file and a garbage header
+    mat = (ecg_dir / "cinc2021_torch-ecg" / "E07500.mat").read_bytes()
+    s3.fs.pipe_file(f"{s3.bucket}/pipeline/archive/bad/E07500.hea", (ecg_dir / "cinc2021_torch-ecg" / "E07500.hea").read_bytes())
+    s3.fs.pipe_file(f"{s3.bucket}/pipeline/archive/bad/E07500.mat", mat[: len(mat) // 3])
+    s3.fs.pipe_file(f"{s3.bucket}/pipeline/archive/bad/garbage.hea", b"\x00\x01\x02 not a header")
+    output = s3.url("pipeline/out")
+    manifest = run(RunConfig(inputs=[archive], output=output, labels=["cpsc2018", "chapman"], progress_interval_s=5,
+                             **conformance_weights))
+    discovered = manifest["discovered"]
+    assert discovered == len(list(ecg_dir.rglob("*.hea"))) + 2
+    con = _duckdb(s3)
+    errors = {m: con.execute(f"select count(*) from {_table(output, 'errors')} where model is null or model = ?",
+                             [m]).fetchall()[0][0] for m in ("melp", "ecgfm-ked")}
+    for model, table, dim in (("melp", MELP_TABLE, 256), ("ecgfm-ked", KED_TABLE, 768)):
+        embedded, distinct = con.execute(f"select count(*), count(distinct record_id) from {_table(output, table)}").fetchall()[0]
+        assert embedded == distinct and embedded + errors[model] == discovered, model
+        assert con.execute(f"select min(len(embedding)), max(len(embedding)) from {_table(output, table)}").fetchall() == [(dim, dim)]
+    # every record is embedded xor an error row, by record id
+    ids = con.execute(f"""select count(*) from (select record_id from {_table(output, MELP_TABLE)}
+                          union all select record_id from {_table(output, 'errors')} where model is null or model = 'melp')""").fetchall()
+    assert ids[0][0] == discovered
+    # vectors are FLOAT[256] once cast; cosine of a normalised vector with itself is 1
+    cos = con.execute(f"""select min(array_cosine_similarity(a.embedding::FLOAT[256], a.embedding::FLOAT[256])),
+                                 max(array_cosine_similarity(a.embedding::FLOAT[256], b.embedding::FLOAT[256]))
+                          from {_table(output, MELP_TABLE)} a join {_table(output, MELP_TABLE)} b
+                          on a.record_id < b.record_id""").fetchall()[0]
+    assert cos[0] == pytest.approx(1.0, abs=1e-5) and cos[1] < 1.0
+    # zero-shot scores: one row per embedded record x class, for each chosen label set
+    scores = dict(con.execute(f"""select label_set, count(*) from {_table(output, 'zero_shot_scores')}
+                                  group by label_set""").fetchall())
+    ked_embedded = manifest["counts"][KED_TABLE]
+    assert scores == {"cpsc2018": ked_embedded * 9, "chapman": ked_embedded * 8}
+    bad = con.execute(f"select count(*) from {_table(output, 'zero_shot_scores')} where score < 0 or score > 1").fetchall()
+    assert bad[0][0] == 0
+    # provenance and versions: columns and file metadata
+    row = con.execute(f"select model_version, preproc_version, run_id from {_table(output, MELP_TABLE)} limit 1").fetchall()[0]
+    assert row == (manifest["models"]["melp"]["model_version"], manifest["models"]["melp"]["preproc_version"], manifest["run_id"])
+    kv = dict(con.execute(f"""select decode(key), decode(value) from parquet_kv_metadata('{output}/{MELP_TABLE}/**/*.parquet')
+                              where decode(key) like 'ecgembed.%'""").fetchall())
+    assert kv["ecgembed.melp.model_version"] == row[0]
+    # the error rows say why, with a type from the vocabulary
+    got = dict(con.execute(f"select record_id, error_type from {_table(output, 'errors')}").fetchall())
+    assert got == {"bad/E07500": "truncated", "bad/garbage": "bad_header"}
+    # the manifest is the commit marker and lists every file
+    committed = json.loads(s3.fs.cat_file(f"{s3.bucket}/pipeline/out/_runs/{manifest['run_id']}.json"))
+    assert sum(f["rows"] for f in committed["files"][MELP_TABLE]) == manifest["counts"][MELP_TABLE]
+    s3.fs.invalidate_cache()
+    left = [p for p in s3.fs.find(f"{s3.bucket}/pipeline/out/_staging") if p.endswith(".parquet")]
+    assert left == []                                               # no staged file left behind
+
+
+def test_job_output_equals_the_original_code(shared_dir, ray_local, conformance_weights, tmp_path, tmp_cache):
+    """conformance/e2e: raw WFDB files -> the whole job -> Parquet == expected.npz (original code)."""
+    e2e = shared_dir / "conformance" / "e2e"
+    records = json.loads((e2e / "records.json").read_text())["records"]
+    texts = json.loads((shared_dir / "conformance" / "ecgfm-ked" / "class_texts.json").read_text())["class_texts"]
+    assert len(texts) == 5
+    label_file = tmp_path / "e2e_labels.json"
+    label_file.write_text(json.dumps({"name": "e2e", "classes": [{"name": f"c{i}", "text": t} for i, t in enumerate(texts)]}))
+    output = tmp_path / "out"
+    manifest = run(RunConfig(inputs=[str(shared_dir / r["path"]) + ".hea" for r in records], output=str(output),
+                             labels=[str(label_file)], **conformance_weights))
+    assert manifest["counts"][MELP_TABLE] == manifest["counts"][KED_TABLE] == 8
+    expected = np.load(e2e / "expected.npz")
+    order = [r["path"].rsplit("/", 1)[1] for r in records]
+
+    def vectors(table, column):
+        data = pq.read_table(output / table).to_pydict()
+        by_id = dict(zip(data["record_id"], data[column]))
+        return np.array([by_id[rid] for rid in order], np.float32)
+
+    np.testing.assert_allclose(vectors(MELP_TABLE, "embedding"), expected["melp_global_norm"], atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(vectors(MELP_TABLE, "probe_embedding"), expected["melp_probe"], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(vectors(KED_TABLE, "embedding"), expected["ked_embedding"], atol=1e-4, rtol=1e-4)
+    scores = pq.read_table(output / "zero_shot_scores").to_pandas()
+    got = scores.pivot(index="record_id", columns="class_index", values="score").loc[order].to_numpy()
+    np.testing.assert_allclose(got, expected["ked_scores"], atol=1e-4, rtol=1e-4)
+    assert set(scores["class_name"]) == {f"c{i}" for i in range(len(texts))}
