@@ -90,6 +90,10 @@ def _fetch_remote(uri: str) -> FetchedFile:
         try:
             expected_size = fs.size(path)
         except FileNotFoundError as exc:
+            unreachable = _unreachable(uri)
+            if unreachable:
+                raise WeightsError(f"{uri}: cannot reach the server ({unreachable}). If this machine is offline, "
+                                   "download the file elsewhere and pass a local path or s3:// URI instead.") from exc
             raise WeightsError(f"{uri}: no such file") from exc
         except Exception as exc:  # noqa: BLE001 - any client error is reported with the URI
             raise WeightsError(f"{uri}: cannot reach the file ({type(exc).__name__}: {exc})") from exc
@@ -114,6 +118,22 @@ def _fetch_remote(uri: str) -> FetchedFile:
         sha = digest.hexdigest()
         _write_meta(meta_path, dest, sha)
         return FetchedFile(dest, sha, uri)
+
+
+def _unreachable(uri: str) -> str | None:
+    """Why an http(s) server cannot be reached (fsspec reports that as a missing file), or None."""
+    if storage.split(uri)[0] not in ("http", "https"):
+        return None
+    import socket
+    import urllib.parse
+
+    parsed = urllib.parse.urlparse(uri)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)),
+                                 timeout=10).close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _fetch_hf(uri: str) -> FetchedFile:

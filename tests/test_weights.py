@@ -81,3 +81,11 @@ def test_hf_offline_message_says_what_to_do(tmp_cache, monkeypatch):
     monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsError, match="offline.*local folder"):
         weights.fetch("hf://fuyingw/MELP_Encoder/model.safetensors")
+
+
+def test_unreachable_server_is_not_reported_as_a_missing_file(tmp_cache):
+    from tests.services import free_port
+
+    port = free_port()   # nothing listens there
+    with pytest.raises(WeightsError, match="cannot reach the server.*offline"):
+        weights.fetch(f"http://127.0.0.1:{port}/model.pt")
