@@ -21,16 +21,16 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from ecgembed.errors import ECGError
 from ecgembed.leads import standard_leads
 from ecgembed.preprocess import KED_SAMPLES, MELP_SAMPLES, ked_input, melp_input, quality_flags
 from ecgembed.sources.reader import decode_raw, fetch_many
+from ecgembed.tables.schemas import QUALITY
 
-QUALITY_COLUMNS = ("fs", "n_samples", "duration_s", "n_nonfinite", "flat_leads", "max_abs_mv", "median_ptp_mv",
-                   "amplitude_suspect", "derived_leads")
-_QUALITY_DTYPES = {"fs": np.float32, "n_samples": np.int32, "duration_s": np.float32, "n_nonfinite": np.int32,
-                   "max_abs_mv": np.float32, "median_ptp_mv": np.float32, "amplitude_suspect": bool}
+QUALITY_COLUMNS = tuple(f.name for f in QUALITY)          # the schema module owns the names and types
+_QUALITY_DTYPES = {f.name: f.type.to_pandas_dtype() for f in QUALITY if not pa.types.is_list(f.type)}
 
 
 def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], progress=None) -> dict[str, np.ndarray]:
@@ -218,10 +218,14 @@ class MelpStage(_ModelStage):
         return out
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        from ecgembed.models.melp import zero_shot_scores
+
         got = self.model.embed(x)   # bf16 autocast, if asked for, was set when the actor loaded the model
         out = {"melp_embedding": got["embedding"], "melp_probe": got["probe_embedding"]}
         for i, feats in enumerate(self.config.class_features):
-            out[f"melp_scores_{i}"] = got["embedding"] @ feats.T   # cosine of L2-normalised vectors
+            out[f"melp_scores_{i}"] = zero_shot_scores(torch.from_numpy(got["embedding"]), torch.from_numpy(feats)).numpy()
         return out
 
 
@@ -240,14 +244,8 @@ class KedStage(_ModelStage):
         return out
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        out = {}
-        if not self.config.class_features:
-            out["ked_embedding"] = self.model.embed(x, None, autocast_bf16=self.config.bf16)["embedding"]
-        for i, feats in enumerate(self.config.class_features):
-            got = self.model.embed(x, feats, autocast_bf16=self.config.bf16)
-            out["ked_embedding"] = got["embedding"]
-            out[f"ked_scores_{i}"] = got["scores"]
-        return out
+        got = self.model.embed_label_sets(x, self.config.class_features, autocast_bf16=self.config.bf16)
+        return {"ked_embedding": got["embedding"], **{f"ked_scores_{i}": s for i, s in enumerate(got["scores"])}}
 
 
 def _resolve(spec: str):

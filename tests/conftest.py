@@ -147,6 +147,26 @@ def http_server():
         server.server_close()
 
 
+@pytest.fixture
+def hf_hub(http_server, monkeypatch):
+    """``hf_hub(folder) -> base URL``: serve ``folder/<org>/<repo>/<file>`` as a Hugging Face Hub.
+
+    huggingface_hub reads its endpoint at import, so the constants are patched for the test.
+    """
+    import huggingface_hub.constants as hfc
+
+    def serve(folder) -> str:
+        base = http_server(folder)
+        monkeypatch.setenv("HF_ENDPOINT", base)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(hfc, "ENDPOINT", base)
+        monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", base + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+        return base
+
+    return serve
+
+
 # --------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="session")
 def ray_local(s3):

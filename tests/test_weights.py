@@ -61,16 +61,9 @@ def test_https_download(blob, http_server, tmp_cache):
         weights.fetch(f"{base}/model-missing.bin")
 
 
-def test_hf_uri_through_a_local_hub(blob, http_server, tmp_cache, monkeypatch):
+def test_hf_uri_through_a_local_hub(blob, hf_hub, tmp_cache):
     path, sha = blob
-    base = http_server(path.parent.parent.parent)  # serves <src>/org/repo/model.bin
-    monkeypatch.setenv("HF_ENDPOINT", base)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    import huggingface_hub.constants as hfc
-
-    monkeypatch.setattr(hfc, "ENDPOINT", base)
-    monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", base + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    hf_hub(path.parent.parent.parent)  # serves <src>/org/repo/model.bin
     got = weights.fetch("hf://org/repo/model.bin")
     assert got.sha256 == sha and got.path.read_bytes() == path.read_bytes()
 

@@ -110,8 +110,7 @@ def test_text_pooler_and_features(text, ref):
     close(feats, ref["text_features"])
 
 
-def test_text_model_from_s3_folder_and_default_hub_id(ked_weights_file, ref, s3, http_server, tmp_path,
-                                                     tmp_cache, monkeypatch):
+def test_text_model_from_s3_folder_and_default_hub_id(ked_weights_file, ref, s3, hf_hub, tmp_path, tmp_cache):
     """Tokenizer + config come from any folder URI, or a model id resolved through the Hub."""
     folder = Path(ref["tiny_bert"])
     text = load_ked_text(str(ked_weights_file), s3.put_dir(folder, "text-models/tiny_bert"))
@@ -121,13 +120,7 @@ def test_text_model_from_s3_folder_and_default_hub_id(ked_weights_file, ref, s3,
     repo.mkdir(parents=True)
     for name in ("config.json", "vocab.txt"):
         shutil.copy(folder / name, repo / name)
-    base = http_server(tmp_path / "hub")
-    import huggingface_hub.constants as hfc
-
-    monkeypatch.setenv("HF_ENDPOINT", base)
-    monkeypatch.setattr(hfc, "ENDPOINT", base)
-    monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", base + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    hf_hub(tmp_path / "hub")
     text = load_ked_text(str(ked_weights_file))
     assert text.files.config.uri == "hf://emilyalsentzer/Bio_ClinicalBERT/config.json"
     close(text.encode(ref["texts"]), ref["text_features"])
@@ -146,6 +139,18 @@ def test_forward_and_embed_end_to_end(model, text, ref):
     with torch.inference_mode():
         fwd = model(torch.from_numpy(ref["inputs"]), torch.from_numpy(feats))
     close(fwd["scores"], ref["zs_scores"])
+
+
+def test_several_label_sets_share_one_trunk_pass(model, ref):
+    """embed_label_sets scores each set as if alone (one trunk pass for all of them)."""
+    feats = ref["text_features"]
+    sets = [feats, feats[:3], feats[[4, 1]]]
+    got = model.embed_label_sets(ref["inputs"], sets)
+    close(got["embedding"], ref["ecg_embedding"])
+    assert [s.shape for s in got["scores"]] == [(4, 5), (4, 3), (4, 2)]
+    for scores, f in zip(got["scores"], sets):
+        np.testing.assert_allclose(scores, model.embed(ref["inputs"], f)["scores"], atol=1e-6)
+    assert model.embed_label_sets(ref["inputs"], [])["scores"] == []
 
 
 def test_scores_follow_class_order_but_depend_on_the_set(model, ref):

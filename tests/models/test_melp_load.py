@@ -62,20 +62,13 @@ def test_https_gives_the_same_model(http_server, melp_weights_dir, one_record, d
     _same_as_disk(load_melp(base), one_record, disk_output)
 
 
-def test_hf_uri_through_a_local_hub(http_server, melp_weights_dir, tmp_path, one_record, disk_output,
-                                    tmp_cache, monkeypatch):
+def test_hf_uri_through_a_local_hub(hf_hub, melp_weights_dir, tmp_path, one_record, disk_output, tmp_cache):
     """``hf://fuyingw/MELP_Encoder`` (the default) resolves to model.safetensors + config.json."""
     repo = tmp_path / "hub" / "fuyingw" / "MELP_Encoder"
     repo.mkdir(parents=True)
     for name in ("model.safetensors", "config.json"):
         os.symlink(melp_weights_dir / name, repo / name)
-    base = http_server(tmp_path / "hub")
-    import huggingface_hub.constants as hfc
-
-    monkeypatch.setenv("HF_ENDPOINT", base)
-    monkeypatch.setattr(hfc, "ENDPOINT", base)
-    monkeypatch.setattr(hfc, "HUGGINGFACE_CO_URL_TEMPLATE", base + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    hf_hub(tmp_path / "hub")
     _same_as_disk(load_melp(), one_record, disk_output)
 
 

@@ -68,6 +68,21 @@ class ECGFMKED(nn.Module):
             out = self(batch, class_features)
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
+    @torch.inference_mode()
+    def embed_label_sets(self, x: np.ndarray, feature_sets: list, autocast_bf16: bool = False) -> dict:
+        """One trunk pass, then the query network once per label set (scores depend on the whole set).
+
+        Returns ``{"embedding": (B, 768), "scores": [(B, C_i) for each set]}`` as numpy float32.
+        """
+        if self.training:
+            raise RuntimeError("ECGFM-KED is in train mode (BatchNorm would use batch statistics); call .eval()")
+        batch = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            tokens = self.tokens(batch)                                            # (B, 768, 32)
+            scores = [self.logits(tokens, self._as_features(f)).softmax(-1)[..., 1] for f in feature_sets]
+        return {"embedding": tokens.mean(-1).float().cpu().numpy(),
+                "scores": [s.float().cpu().numpy() for s in scores]}
+
     def _as_features(self, class_features) -> torch.Tensor:
         feats = torch.as_tensor(class_features, dtype=torch.float32, device=self.device)
         if feats.ndim != 2 or feats.shape[1] != self.cfg.embed_dim or feats.shape[0] == 0:
