@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -64,7 +65,14 @@ def main() -> None:
     from ecgembed.stages import ModelStageConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        headers = make_mimic_like(Path(args.shared), max(1, args.records // 25), Path(tmp) / "in")[: args.records]
+        made = make_mimic_like(Path(args.shared), -(-args.records // 25), Path(tmp) / "made")[: args.records]
+        headers = []
+        for i, header in enumerate(made):   # exactly --records records in the job's input folder
+            folder = Path(tmp) / "in" / f"p{i:05d}"
+            folder.mkdir(parents=True)
+            for f in Path(header).parent.glob(Path(header).stem + ".*"):
+                shutil.copy(f, folder / f.name)
+            headers.append(str(folder / Path(header).name))
         leads = [standard_leads(read_record(h)) for h in headers]
         inputs = {"melp": np.stack([melp_input(s.signal, s.fs) for s in leads]),
                   "ecgfm-ked": np.stack([ked_input(s.signal, s.fs) for s in leads])}

@@ -49,6 +49,7 @@ class S3Server:
 
     def start(self) -> None:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
         config.write_text(json.dumps({"identities": [{
             "name": "tester", "credentials": [{"accessKey": self.key, "secretKey": self.secret}],
