@@ -28,21 +28,23 @@ fi
 
 python - "$out" <<'PY'
 import sys
-import duckdb
+
+from ecgembed.tables.views import connect
 
 out = sys.argv[1]
-sql = f"""
+con = connect(out)   # DuckDB with views of the current rows (same as: ecgembed sql OUT "...")
+sql = """
 SELECT s.record_id,
        m.model_version[:24]            AS melp_model_version,
        arg_max(s.class_name, s.score)  AS top_cpsc2018_class,
-       round(max(s.score), 3)          AS score
-FROM read_parquet('{out}/zero_shot_scores/**/*.parquet') s
-JOIN read_parquet('{out}/melp_embeddings/**/*.parquet') m USING (record_id, run_id)
+       round(max(s.score), 3)          AS score,
+       m.amplitude_suspect
+FROM scores_current s JOIN melp_current m USING (record_id)
+WHERE s.label_set = 'cpsc2018'
 GROUP BY ALL ORDER BY s.record_id
 """
-con = duckdb.connect()
-print("\nDuckDB over", out, ":", sql)
+print(f"\nDuckDB over {out} (try: ecgembed sql {out} \"SELECT ...\"):{sql}")
 con.sql(sql).show()
 print("errors:")
-con.sql(f"SELECT record_id, error_type, message FROM read_parquet('{out}/errors/**/*.parquet')").show(max_width=160)
+con.sql("SELECT record_id, error_type, message FROM errors_current").show(max_width=160)
 PY
