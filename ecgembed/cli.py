@@ -40,7 +40,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add("--stand-in", action="store_true",
         help="random stand-in weights for trying the job offline; every row says 'stand-in' in model_version")
     add("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model actors run (default: auto)")
-    add("--bf16", action="store_true", help="bf16 autocast in the model actors (GPU)")
+    add("--bf16", action="store_true", help="bf16 autocast in the model actors (for GPUs); model_version gets '+bf16'")
     add("--gpus-per-actor", type=float, metavar="N", help="GPUs per model actor (default 0.5: both encoders share a GPU)")
     add("--max-actors", type=int, metavar="N", help="actors per model (default: one per GPU, 1 without GPUs)")
     add("--cpu-tasks", type=int, metavar="N", help="concurrent CPU preprocessing tasks (default: Ray's choice)")

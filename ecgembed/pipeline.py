@@ -120,12 +120,12 @@ def _resolve_models(config: RunConfig, label_sets) -> list[ResolvedModel]:
         weights = STAND_IN if config.stand_in else (config.melp_weights or _default("melp"))
         feats = (registry.melp_class_features(label_sets, config.melp_text_weights, config.melp_text_model)
                  if config.melp_text_weights else [])
-        info = ModelInfo("melp", "melp", registry.melp_version(weights), MELP_PREPROC_VERSION, infos if feats else ())
+        info = ModelInfo("melp", "melp", registry.with_precision(registry.melp_version(weights), config.bf16), MELP_PREPROC_VERSION, infos if feats else ())
         out.append(ResolvedModel("melp", weights, info, feats))
     if "ecgfm-ked" in config.models:
         weights = STAND_IN if config.stand_in else (config.ked_weights or _default("ecgfm-ked"))
         feats = registry.ked_class_features(label_sets, weights, config.ked_text_model)
-        info = ModelInfo("ecgfm-ked", "ked", registry.ked_version(weights), KED_PREPROC_VERSION, infos)
+        info = ModelInfo("ecgfm-ked", "ked", registry.with_precision(registry.ked_version(weights), config.bf16), KED_PREPROC_VERSION, infos)
         out.append(ResolvedModel("ecgfm-ked", weights, info, feats))
     return out
 

@@ -111,3 +111,19 @@ def test_job_output_equals_the_original_code(shared_dir, ray_local, conformance_
     got = scores.pivot(index="record_id", columns="class_index", values="score").loc[order].to_numpy()
     np.testing.assert_allclose(got, expected["ked_scores"], atol=1e-4, rtol=1e-4)
     assert set(scores["class_name"]) == {f"c{i}" for i in range(len(texts))}
+
+
+def test_bf16_is_part_of_the_version_so_switching_it_re_embeds(ecg_dir, ray_local, tmp_path, tmp_cache):
+    archive = tmp_path / "in"
+    archive.mkdir()
+    for name in ("E07500", "E07501"):
+        for ext in (".hea", ".mat"):
+            (archive / f"{name}{ext}").write_bytes((ecg_dir / "cinc2021_torch-ecg" / f"{name}{ext}").read_bytes())
+    config = dict(inputs=[str(archive)], output=str(tmp_path / "out"), stand_in=True, labels=["cpsc2018"])
+    bf16 = run(RunConfig(bf16=True, **config))
+    assert all(m["model_version"].endswith("+bf16") for m in bf16["models"].values())
+    con = _duckdb()
+    got = con.execute(f"SELECT DISTINCT model_version FROM {_table(tmp_path / 'out', MELP_TABLE)}").fetchall()
+    assert got == [(bf16["models"]["melp"]["model_version"],)]
+    fp32 = run(RunConfig(**config))
+    assert fp32["selected"] == 2 and not fp32["models"]["melp"]["model_version"].endswith("+bf16")

@@ -40,12 +40,12 @@ def _init_stand_in(module: torch.nn.Module) -> None:
                 param.fill_(1.0)
 
 
-def standin_melp(device: str = "cpu"):
+def standin_melp(device: str = "cpu", autocast_bf16: bool = False):
     from ecgembed.models.melp import MELP, MELPConfig, MELPEncoder
 
     encoder = MELPEncoder(MELPConfig())
     _init_stand_in(encoder)
-    return MELP(encoder, _standin_version("melp")).eval().to(device)
+    return MELP(encoder, _standin_version("melp"), autocast_bf16=autocast_bf16).eval().to(device)
 
 
 def standin_ked(device: str = "cpu"):
@@ -69,10 +69,10 @@ def standin_class_features(texts: list[str], dim: int) -> np.ndarray:
 def load_melp_for_job(stage_config, device: str):
     """A MELP for an actor (no text tower: class features come precomputed)."""
     if stage_config.weights == STAND_IN:
-        return standin_melp(device)
+        return standin_melp(device, autocast_bf16=stage_config.bf16)
     from ecgembed.models.melp import load_melp
 
-    return load_melp(stage_config.weights, device=device, autocast_bf16=stage_config.bf16 and device == "cuda")
+    return load_melp(stage_config.weights, device=device, autocast_bf16=stage_config.bf16)
 
 
 def load_ked_for_job(stage_config, device: str):
@@ -81,6 +81,12 @@ def load_ked_for_job(stage_config, device: str):
     from ecgembed.models.ecgfm_ked import load_ked
 
     return load_ked(stage_config.weights, device=device)
+
+
+def with_precision(version: str, bf16: bool) -> str:
+    """bf16 autocast changes the numbers (MELP cosine 0.991-0.9997 to fp32), so it is part of the
+    version: rows say how they were computed, and switching precision re-embeds (a new version)."""
+    return f"{version}+bf16" if bf16 else version
 
 
 def melp_version(weights: str) -> str:
