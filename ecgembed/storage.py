@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
@@ -142,22 +141,6 @@ def exists(uri: str) -> bool:
 def isdir(uri: str) -> bool:
     fs, path = fs_and_path(uri)
     return fs.isdir(path)
-
-
-@dataclass(frozen=True)
-class FileInfo:
-    uri: str
-    size: int
-
-
-def list_files(uri: str) -> list[FileInfo]:
-    """Every file under a folder/prefix (recursive), sorted by URI."""
-    protocol, path = split(uri)
-    fs = filesystem(protocol)
-    found = fs.find(path, detail=True)
-    infos = [FileInfo(unsplit(protocol, p), int(d.get("size") or 0)) for p, d in found.items()
-             if d.get("type", "file") == "file"]
-    return sorted(infos, key=lambda f: f.uri)
 
 
 def parent(uri: str) -> str:
