@@ -26,7 +26,7 @@ import pyarrow as pa
 from ecgembed.errors import ECGError
 from ecgembed.leads import standard_leads
 from ecgembed.preprocess import KED_SAMPLES, MELP_SAMPLES, ked_input, melp_input, quality_flags
-from ecgembed.sources.reader import decode_raw, fetch_many
+from ecgembed.sources.reader import decode_raw, fetch_many, header_uri
 from ecgembed.tables.schemas import QUALITY
 
 QUALITY_COLUMNS = tuple(f.name for f in QUALITY)          # the schema module owns the names and types
@@ -40,7 +40,7 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], progress=None
     out: dict[str, np.ndarray] = {
         "record_id": np.array([r for _, r in refs], dtype=object),
         "fingerprint": np.asarray(batch["fingerprint"], dtype=object),
-        "source_uri": np.array([u if u.lower().endswith(".hea") else u + ".hea" for u, _ in refs], dtype=object),
+        "source_uri": np.array([header_uri(u) for u, _ in refs], dtype=object),
         "content_sha256": np.full(n, "", dtype=object),
         "status": np.full(n, "ok", dtype=object),
         "error_stage": np.full(n, "", dtype=object),

@@ -125,6 +125,23 @@ def read_many(uris: list[str]) -> dict[str, bytes | Exception]:
     return out
 
 
+def write_atomic(uri: str, data: bytes) -> None:
+    """Replace a small object so readers see the old or the new bytes, never a part.
+
+    Object stores: one PUT (atomic by nature). Local files: a per-process temp name, then rename.
+    """
+    protocol, path = split(uri)
+    fs = filesystem(protocol)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    if protocol == "file":
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts onto a URI or local path with ``/``."""
     base = os.fspath(base)

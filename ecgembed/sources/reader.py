@@ -28,32 +28,11 @@ def _stem(uri: str) -> str:
 
 
 def fetch_raw(uri: str, record_id: str | None = None) -> RawRecord:
-    """The header and every signal file it names, one GET each (signal files fetched concurrently)."""
-    hea = header_uri(uri)
-    try:
-        header_bytes = storage.read_bytes(hea)
-    except FileNotFoundError:
-        raise ECGError(hea, "missing_file", "header file does not exist") from None
-    except OSError as exc:
-        raise ECGError(hea, "fetch_failed", f"could not fetch the header ({type(exc).__name__}: {exc})") from exc
-    header = wfdb.parse_header(header_bytes, hea)
-    return RawRecord(record_id or _stem(hea), hea, header_bytes, fetch_signal_files(hea, header.file_names), header)
-
-
-def fetch_signal_files(hea: str, names: list[str]) -> dict[str, bytes]:
-    """Bytes of each named file next to the header; missing files are left out (decode reports them)."""
-    folder = storage.parent(hea)
-    uris = {name: storage.join(folder, name) for name in names}
-    got = storage.read_many(list(uris.values()))
-    files: dict[str, bytes] = {}
-    for name, uri in uris.items():
-        value = got[uri]
-        if isinstance(value, FileNotFoundError):
-            continue
-        if isinstance(value, Exception):
-            raise ECGError(uri, "fetch_failed", f"could not fetch ({type(value).__name__}: {value})")
-        files[name] = value
-    return files
+    """The header and every signal file it names, one GET each; raises the :class:`ECGError` that stops it."""
+    result = fetch_many([(uri, record_id or _stem(header_uri(uri)))])[0]
+    if isinstance(result, ECGError):
+        raise result
+    return result
 
 
 def fetch_many(refs: list[tuple[str, str]]) -> list[RawRecord | ECGError]:

@@ -145,17 +145,7 @@ def remove_staging(output: str, run_id: str) -> None:
 
 
 def write_json(uri: str, obj: dict) -> None:
-    """One PUT (object stores make it atomic); locally written to a temp name and renamed."""
-    fs, path = storage.fs_and_path(uri)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    data = json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
-    if storage.split(uri)[0] == "file":
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    storage.write_atomic(uri, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
 
 
 def read_manifests(output: str) -> list[dict]:

@@ -78,21 +78,18 @@ class OutputLock:
                            "heartbeat_utc": datetime.now(timezone.utc).isoformat()}).encode()
 
     def _write(self, exclusive: bool) -> None:
+        if not exclusive:
+            storage.write_atomic(self.uri, self._body())
+            return
         fs, path = storage.fs_and_path(self.uri)
         protocol = storage.split(self.uri)[0]
         if protocol == "file":
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            if exclusive:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(self._body())
-            else:
-                tmp = f"{path}.{self.pid}.tmp"
-                with open(tmp, "wb") as handle:
-                    handle.write(self._body())
-                os.replace(tmp, path)
-        elif protocol == "s3" and exclusive:
-            fs.pipe_file(path, self._body(), mode="create")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(self._body())
+        elif protocol == "s3":
+            fs.pipe_file(path, self._body(), mode="create")   # conditional PUT (If-None-Match)
         else:
             fs.pipe_file(path, self._body())
 
