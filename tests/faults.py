@@ -25,3 +25,11 @@ def die_once(fault_dir: str, model: str, batch_index: int) -> None:
         return
     os.close(fd)
     os._exit(1)
+
+
+def slow(seconds: str, model: str, batch_index: int) -> None:
+    """ECGEMBED_FAULT_HOOK=tests.faults:slow:1.5 makes every model batch take that much longer,
+    so a test can act while a run is reliably mid-way (e.g. kill its driver before it commits)."""
+    import time
+
+    time.sleep(float(seconds))

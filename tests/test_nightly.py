@@ -122,11 +122,14 @@ def test_sigkill_of_the_driver_mid_run_then_rerun(ecg_dir, s3, ray_local, tmp_ca
             s3.fs.pipe_file(f"{s3.bucket}/{prefix}/in/{name}{ext}",
                             (ecg_dir / "cinc2021_torch-ecg" / f"{name}{ext}").read_bytes())
     archive, output = s3.url(f"{prefix}/in"), s3.url(f"{prefix}/out")
-    env = {**os.environ, **s3.env, "RAY_USAGE_STATS_ENABLED": "0", "ECGEMBED_CACHE": str(tmp_cache)}
+    # every model batch takes >= 1.5 s longer: the run is reliably mid-way, not committing, when killed
+    env = {**os.environ, **s3.env, "RAY_USAGE_STATS_ENABLED": "0", "ECGEMBED_CACHE": str(tmp_cache),
+           "ECGEMBED_FAULT_HOOK": "tests.faults:slow:1.5", "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     driver = subprocess.Popen(
         [sys.executable, "-m", "ecgembed.cli", "run", "--input", archive, "--output", output, "--stand-in",
-         "--labels", "cpsc2018", "--records-per-task", "2", "--rows-per-file", "2", "--run-id", "killed-run"],
+         "--labels", "cpsc2018", "--records-per-task", "2", "--rows-per-file", "2", "--run-id", "killed-run",
+         "--melp-batch-size", "2", "--ked-batch-size", "2"],   # small batches: output is staged progressively
         env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     staged = f"{s3.bucket}/{prefix}/out/_staging/killed-run"
     deadline = time.monotonic() + 300
@@ -142,6 +145,9 @@ def test_sigkill_of_the_driver_mid_run_then_rerun(ecg_dir, s3, ray_local, tmp_ca
         os.killpg(driver.pid, signal.SIGKILL)   # the driver and the local Ray it started
         driver.wait(30)
     s3.fs.invalidate_cache()
+    out = f"{s3.bucket}/{prefix}/out"
+    assert not s3.fs.exists(f"{out}/_commits/killed-run.json") and not s3.fs.exists(f"{out}/_runs/killed-run.json"), \
+        "the run reached its commit point before the kill: the test did not kill it mid-run"
     # nothing of the killed run is visible in the table folders or the ledger
     assert not any("run=killed-run" in p for p in s3.fs.find(f"{s3.bucket}/{prefix}/out"))
     assert s3.fs.exists(f"{s3.bucket}/{prefix}/out/_lock.json")       # left behind by the dead driver
