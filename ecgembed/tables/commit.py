@@ -49,7 +49,7 @@ def final_uri(output: str, table: str, run_id: str, name: str) -> str:
 
 
 def commit_run(output: str, run_id: str, write_returns: list[dict], manifest: dict,
-               empty_schemas: dict | None = None) -> dict:
+               empty_schemas: dict | None = None, lock=None) -> dict:
     """Commit and publish a run; returns the manifest.
 
     ``write_returns`` are the write tasks' results (``{table: {"path", "rows"}}``). A table in
@@ -57,6 +57,11 @@ def commit_run(output: str, run_id: str, write_returns: list[dict], manifest: di
     readers globbing the table folders always find the table and its columns.
     """
     staged: list[tuple[str, str, int]] = []
+    counts: dict[str, int] = {}
+    for written in write_returns:
+        for table, info in written.items():
+            counts[table] = counts.get(table, 0) + info["rows"]
+    manifest = {**manifest, "counts": {**manifest.get("counts", {}), **counts}}
     for written in write_returns:
         for table, info in written.items():
             staged.append((table, info["path"], info["rows"]))
@@ -70,6 +75,8 @@ def commit_run(output: str, run_id: str, write_returns: list[dict], manifest: di
         files.setdefault(table, []).append({"path": posixpath.relpath(storage.split(target)[1], storage.split(output)[1]),
                                             "rows": rows})
     manifest = {**manifest, "files": files}
+    if lock is not None:
+        lock.check()
     write_json(storage.join(output, COMMITS_DIR, f"{run_id}.json"), {"run_id": run_id, "moves": moves,
                                                                      "manifest": manifest})   # the commit point
     publish(output, run_id)

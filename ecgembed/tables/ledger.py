@@ -50,3 +50,17 @@ def settled(ledger: pa.Table, model: str, model_version: str, preproc_version: s
         if m == model and mv == model_version and pv == preproc_version and (status == "ok" or permanent):
             out.add((rid, fp))
     return out
+
+
+def select_work(ledger: pa.Table, refs: list, runs: list, full: bool) -> list:
+    """The anti-join with the ledger: records x models not yet settled for these versions."""
+    from ecgembed.columns import Work
+
+    done = {r.name: set() if full else settled(ledger, r.name, r.model_version, r.preproc_version) for r in runs}
+    work = []
+    for ref in refs:
+        embed = frozenset(r.name for r in runs if (ref.record_id, ref.fingerprint) not in done[r.name])
+        scores = {r.name: tuple(range(len(r.label_sets))) for r in runs if r.name in embed and r.label_sets}
+        if embed:
+            work.append(Work(ref.record_id, ref.uri, getattr(ref, "format", "wfdb"), ref.fingerprint, embed, scores))
+    return work

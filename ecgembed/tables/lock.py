@@ -126,6 +126,12 @@ class OutputLock:
             except OSError:
                 pass   # storage briefly unreachable: the lease covers it
 
+    def check(self) -> None:
+        """Raise OutputLocked when this run no longer holds the lock (call before committing)."""
+        current = self.read() or {}
+        if current.get("run_id") != self.run_id:
+            raise OutputLocked(f"{self.uri}: this run lost its lock to run {current.get('run_id')}; not committing")
+
     def _remove(self) -> None:
         fs, path = storage.fs_and_path(self.uri)
         try:

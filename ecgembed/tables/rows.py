@@ -12,26 +12,17 @@ from ecgembed.errors import is_permanent
 from ecgembed.tables import schemas as S
 
 
-@dataclass(frozen=True)
-class LabelSetInfo:
-    name: str
-    sha256: str
-    class_names: tuple[str, ...]
+from ecgembed import columns as C
+from ecgembed.models.spec import ModelRun as ModelInfo
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the writer needs to know about one model of the run."""
-
-    name: str                 # "melp" | "ecgfm-ked"
-    prefix: str               # column prefix between stages: "melp" | "ked"
-    model_version: str
-    preproc_version: str
-    label_sets: tuple[LabelSetInfo, ...] = ()
+def _matrix(values) -> np.ndarray:
+    values = np.asarray(values)
+    return np.stack(values) if values.dtype == object else values
 
 
 def _vectors(values: np.ndarray, dim: int) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1))
+    flat = pa.array(np.ascontiguousarray(_matrix(values), np.float32).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(flat, dim)
 
 
@@ -60,23 +51,19 @@ def _provenance(batch, idx, model: ModelInfo, run_id: str, now: datetime) -> dic
 
 
 def _needs(batch, model: ModelInfo) -> np.ndarray:
-    return np.asarray(batch.get(f"needs_{model.prefix}", np.ones(len(batch["record_id"]), bool)), bool)
+    return np.asarray(batch[C.needs(model.spec)], bool)
 
 
 def _embedded(batch, model: ModelInfo) -> np.ndarray:
-    return np.flatnonzero((batch["status"] == "ok") & (batch[f"{model.prefix}_error_type"] == "") & _needs(batch, model))
+    return np.flatnonzero((batch["status"] == "ok") & (batch[C.model_error_type(model.spec)] == "") & _needs(batch, model))
 
 
 def embedding_table(batch: dict[str, np.ndarray], model: ModelInfo, run_id: str, now: datetime) -> pa.Table:
     idx = _embedded(batch, model)
     cols = {"record_id": pa.array(batch["record_id"][idx], pa.string())}
-    if model.name == "melp":
-        cols["embedding"] = _vectors(batch["melp_embedding"][idx], S.MELP_DIM)
-        cols["probe_embedding"] = _vectors(batch["melp_probe"][idx], S.MELP_DIM)
-        schema = S.MELP_SCHEMA
-    else:
-        cols["embedding"] = _vectors(batch["ked_embedding"][idx], S.KED_DIM)
-        schema = S.KED_SCHEMA
+    for v in model.spec.vectors:
+        cols[v.name] = _vectors(_matrix(batch[C.vector(model.spec, v)])[idx], v.dim)
+    schema = S.SCHEMAS[model.spec.table]
     cols.update(_provenance(batch, idx, model, run_id, now))
     cols.update(_quality(batch, idx))
     return pa.Table.from_pydict(cols, schema=schema)
@@ -86,7 +73,7 @@ def scores_table(batch: dict[str, np.ndarray], model: ModelInfo, run_id: str, no
     idx = _embedded(batch, model)
     parts = []
     for i, label_set in enumerate(model.label_sets):
-        scores = batch[f"{model.prefix}_scores_{i}"][idx]          # (n, C)
+        scores = _matrix(batch[C.scores(model.spec, i)])[idx]          # (n, C)
         n, c = scores.shape
         rows = np.repeat(idx, c)
         prov = _provenance(batch, rows, model, run_id, now)
@@ -118,9 +105,9 @@ def errors_table(batch: dict[str, np.ndarray], models: tuple[ModelInfo, ...], ru
     for i in np.flatnonzero(batch["status"] == "error"):
         add(i, None, batch["error_stage"][i], batch["error_type"][i], batch["error_message"][i])
     for model in models:
-        failed = (batch["status"] == "ok") & (batch[f"{model.prefix}_error_type"] != "") & _needs(batch, model)
+        failed = (batch["status"] == "ok") & (batch[C.model_error_type(model.spec)] != "") & _needs(batch, model)
         for i in np.flatnonzero(failed):
-            add(i, model.name, model.name, batch[f"{model.prefix}_error_type"][i], batch[f"{model.prefix}_error"][i])
+            add(i, model.name, model.name, batch[C.model_error_type(model.spec)][i], batch[C.model_error(model.spec)][i])
     return pa.Table.from_pydict(rows, schema=S.ERRORS_SCHEMA)
 
 
@@ -131,8 +118,8 @@ def ledger_table(batch: dict[str, np.ndarray], models: tuple[ModelInfo, ...], ru
         for i in np.flatnonzero(_needs(batch, model)):
             if batch["status"][i] == "error":
                 status, error_type = "error", batch["error_type"][i]
-            elif batch[f"{model.prefix}_error_type"][i]:
-                status, error_type = "error", batch[f"{model.prefix}_error_type"][i]
+            elif batch[C.model_error_type(model.spec)][i]:
+                status, error_type = "error", batch[C.model_error_type(model.spec)][i]
             else:
                 status, error_type = "ok", None
             for key, value in (("record_id", batch["record_id"][i]), ("fingerprint", batch["fingerprint"][i]),

@@ -31,6 +31,7 @@ class EcgTablesDatasink(Datasink):
 
     def __init__(self, output: str, run_id: str, models: tuple[ModelInfo, ...], rows_per_file: int,
                  on_complete=None):
+        self.write_returns: list = []
         self.output = output
         self.run_id = run_id
         self.models = models
@@ -50,7 +51,7 @@ class EcgTablesDatasink(Datasink):
             if not len(batch["record_id"]):
                 continue
             for model in self.models:
-                parts[S.MODEL_TABLES[model.name]].append(embedding_table(batch, model, self.run_id, now))
+                parts[model.spec.table].append(embedding_table(batch, model, self.run_id, now))
                 if model.label_sets:
                     parts[S.SCORES_TABLE].append(scores_table(batch, model, self.run_id, now))
             parts[S.ERRORS_TABLE].append(errors_table(batch, self.models, self.run_id, now))
@@ -79,5 +80,6 @@ class EcgTablesDatasink(Datasink):
                            handle, **S.PARQUET_OPTIONS)
 
     def on_write_complete(self, write_result: WriteResult) -> None:
+        self.write_returns = [r for r in write_result.write_returns if r]
         if self.on_complete is not None:
-            self.result = self.on_complete([r for r in write_result.write_returns if r])
+            self.result = self.on_complete(self.write_returns)
