@@ -10,9 +10,11 @@ from ``ray.cluster_resources()`` alone would put the encoders on CPU there. So t
 2. ``--device auto`` (default) picks ``cuda`` when
 
    - the cluster has GPUs now, or
-   - the Ray autoscaler's declared node types include GPU nodes (Ray publishes the cluster
-     launcher's / KubeRay's node types to jobs through the GCS; ``cluster.yaml``'s ``gpu``
-     worker group with ``max_workers: 4`` reads as 4 x its GPUs), or
+   - the Ray autoscaler's declared node types include GPU nodes: read from the cluster
+     configuration the autoscaler publishes in the GCS when it does, else from the cluster
+     launcher's ``~/ray_bootstrap_config.yaml`` on the head node (where ``ray job submit``
+     runs the driver); ``cluster.yaml``'s ``gpu_workers`` group with ``max_workers: 4`` and
+     one GPU per node reads as 4 GPUs; or
    - the job joins an existing cluster (``RAY_ADDRESS`` is set, as under ``ray job submit``)
      whose autoscaler configuration is not readable: GPU clusters are what ecgembed is for, so
      ``--device cpu`` is the explicit choice for CPU-only clusters;
@@ -86,7 +88,26 @@ def read_capacity() -> Capacity:
         declared = None
     if declared is not None:
         gpus_max = float(declared.get("GPU", 0))
+    else:
+        gpus_max = launcher_gpus(os.path.expanduser(BOOTSTRAP_CONFIG))
     return Capacity(gpus_now, gpus_max, bool(os.environ.get("RAY_ADDRESS")))
+
+
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"   # what `ray up` copies to the head node
+
+
+def launcher_gpus(path: str) -> float | None:
+    """GPUs the cluster launcher may start, from its config's ``available_node_types``; None if absent."""
+    import yaml
+
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return None
+    types = (config or {}).get("available_node_types") or {}
+    return float(sum(float((t.get("resources") or {}).get("GPU", 0)) * int(t.get("max_workers", 0) or 0)
+                     for t in types.values() if isinstance(t, dict)))
 
 
 @dataclass(frozen=True)
