@@ -144,7 +144,8 @@ def open_source(uri: str):
         unreachable = _unreachable(uri)
         if unreachable:
             raise WeightsError(f"{uri}: cannot reach the server ({unreachable}). If this machine is offline, "
-                               "download the file elsewhere and pass a local path or s3:// URI instead.") from exc
+                               "stage the weights with `ecgembed weights pull DEST` on one that is not and pass "
+                               "a local path or s3:// URI (docs/weights.md).") from exc
         raise WeightsError(f"{uri}: no such file") from exc
     except Exception as exc:  # noqa: BLE001 - any client error is reported with the URI
         raise WeightsError(f"{uri}: cannot reach the file ({type(exc).__name__}: {exc})") from exc
@@ -203,8 +204,8 @@ def _fetch_hf(uri: str) -> FetchedFile:
     except Exception as exc:  # noqa: BLE001 - offline, missing repo/file, auth: all reported plainly
         raise WeightsError(
             f"{uri}: could not fetch from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
-            "If this machine is offline, download the files elsewhere and pass a local folder, "
-            "s3:// or https:// URI instead."
+            "If this machine is offline, stage the weights with `ecgembed weights pull DEST` on one "
+            "that is not and pass a local folder, s3:// or https:// URI instead (docs/weights.md)."
         ) from exc
     path = Path(local)
     return FetchedFile(path, sha256_memo(path), uri)

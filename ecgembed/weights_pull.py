@@ -187,10 +187,15 @@ class _Sink:
             self.handle.discard()
 
 
-def _download(uri: str, target: str, name: str, progress: Progress | None, locked: str | None) -> tuple[str, int, str | None]:
+def _download(uri: str, target: str, name: str, progress: Progress | None,
+              locked: str | None) -> tuple[str, int, str | None]:
     """Stream ``uri`` into ``target`` whole or not at all; ``(sha256, size, hub commit)``."""
     source = _open(uri)
-    sink = _Sink(target)
+    try:
+        sink = _Sink(target)
+    except Exception as exc:  # noqa: BLE001 - an unwritable DEST is reported with its URI
+        source.stream.close()
+        raise WeightsError(f"{target}: cannot write it ({type(exc).__name__}: {exc})") from exc
     digest, written = hashlib.sha256(), 0
     try:
         if progress:
