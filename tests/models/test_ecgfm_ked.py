@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ecgembed.labels import LabelClass, LabelSet
-from ecgembed.models.ecgfm_ked import KEDConfig, class_features, load_ked, load_ked_text
+from ecgembed.models.ecgfm_ked import DEFAULT_TEXT_MODEL, KEDConfig, class_features, load_ked, load_ked_text
 from ecgembed.models.ecgfm_ked import text as ked_text
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -122,7 +122,7 @@ def test_text_model_from_s3_folder_and_default_hub_id(ked_weights_file, ref, s3,
         shutil.copy(folder / name, repo / name)
     hf_hub(tmp_path / "hub")
     text = load_ked_text(str(ked_weights_file))
-    assert text.files.config.uri == "hf://emilyalsentzer/Bio_ClinicalBERT/config.json"
+    assert text.files.config.uri == f"{DEFAULT_TEXT_MODEL}/config.json"   # the pinned revision
     close(text.encode(ref["texts"]), ref["text_features"])
 
 

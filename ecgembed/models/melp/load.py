@@ -35,14 +35,13 @@ from safetensors import SafetensorError, safe_open
 from ecgembed import weights
 from ecgembed.errors import WeightsError
 
-from .config import MELPConfig
+from .config import DEFAULT_WEIGHTS_URI, MELPConfig
 from .model import MELPEncoder
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-DEFAULT_WEIGHTS_URI = "hf://fuyingw/MELP_Encoder"  # the published release (ECG tower only)
 
 _BB = "ecg_encoder.ecg_encoder."  # backbone: wrapper attribute + ECGFMModel attribute
 _HEADS = "ecg_encoder."  # heads: ECGFMModel attributes under the released wrapper
