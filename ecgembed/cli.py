@@ -26,10 +26,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from ecgembed.console import drop_benign_ray_errors
     from ecgembed.pipeline import run
 
     config = from_arguments(args)
-    manifest = run(config)
+    with contextlib.nullcontext() if config.verbose else drop_benign_ray_errors():
+        manifest = run(config)
     return EXIT_FAILED_RECORDS if failed_too_much(manifest, config) else EXIT_OK
 
 
@@ -88,6 +92,20 @@ def _sql(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _weights_pull(args: argparse.Namespace) -> int:
+    """Stage the pinned weights in a folder or bucket for clusters without internet."""
+    from ecgembed.storage import redact
+    from ecgembed.weights import pull
+    from ecgembed.weights_pull import ProgressPrinter
+
+    result = pull(args.dest, progress=ProgressPrinter())
+    for name, info in sorted(result["files"].items()):
+        print(f"{info['status']:>10}  {name}  sha256 {info['sha256'][:16]}...  {info['size']:,} bytes", file=sys.stderr)
+    print(f"ecgembed: weights in {redact(args.dest)} (lock: weights.lock.json); run with --weights-dir "
+          f"{redact(args.dest)}", file=sys.stderr)
+    return EXIT_OK
+
+
 class SqlError(EcgembedError):
     """A query ``ecgembed sql`` could not run."""
 
@@ -116,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--show-comments", action="store_true",
                          help="also print header comments and metadata (may hold patient data)")
     inspect.set_defaults(func=_inspect)
+    weights = sub.add_parser(
+        "weights", help="stage model weights for clusters without internet",
+        description="Example: ecgembed weights pull s3://hospital-ml/ecgembed-weights/")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    pull = weights_sub.add_parser(
+        "pull", help="fetch the pinned MELP, ECGFM-KED and Bio_ClinicalBERT files into DEST with a sha256 lock",
+        description="Example: ecgembed weights pull ./ecgembed-weights   (then: ecgembed run --weights-dir "
+                    "./ecgembed-weights ...)")
+    pull.add_argument("dest", help="a local folder or s3:// prefix")
+    pull.set_defaults(func=_weights_pull)
     return parser
 
 

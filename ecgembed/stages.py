@@ -120,9 +120,13 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, 
             internal += 1
             out.fail(i, step, "internal_error", f"{redact(str(batch[C.URI][i]))}: {step}: {_internal(exc)}")
     if progress is not None:
-        failed = int((out.cols[C.STATUS] == C.ERROR).sum())
-        progress.add.remote(read=out.n, failed=failed, internal_errors=internal,
-                            **{f"seconds_{k}": v for k, v in timings.items()})
+        failed = out.cols[C.STATUS] == C.ERROR
+        histogram: dict[str, int] = {}
+        for key in [f"error:{t}" for t in out.cols[C.ERROR_TYPE][failed]] + \
+                   [f"stage:{s}" for s in out.cols[C.ERROR_STAGE][failed]]:
+            histogram[key] = histogram.get(key, 0) + 1
+        progress.add.remote(read=out.n, failed=int(failed.sum()), internal_errors=internal,
+                            **{f"seconds_{k}": v for k, v in timings.items()}, **histogram)
     return out.cols
 
 
@@ -189,9 +193,12 @@ class ModelStage:
         batch = batch.append_column(C.model_error_type(spec), pa.array(error_type, pa.string()))
         batch = batch.append_column(C.model_error(spec), pa.array(error, pa.string()))
         if self.progress is not None:
-            failed = int((error_type[ok] != "").sum())
-            self.progress.add.remote(**{f"{spec.name}_embedded": int(len(ok)) - failed, f"{spec.name}_failed": failed,
-                                        f"seconds_{spec.name}": time.perf_counter() - start})
+            failed = [t for t in error_type[ok] if t]
+            counts = {f"{spec.name}_embedded": int(len(ok)) - len(failed), f"{spec.name}_failed": len(failed),
+                      f"{spec.name}_rows": n, f"seconds_{spec.name}": time.perf_counter() - start}
+            for t in failed:
+                counts[f"{spec.name}_error:{t}"] = counts.get(f"{spec.name}_error:{t}", 0) + 1
+            self.progress.add.remote(**counts)
         return batch
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -163,3 +163,8 @@ def read_manifests(output: str) -> list[dict]:
         return []
     out = [json.loads(fs.cat_file(p)) for p in sorted(fs.ls(path, detail=False)) if p.endswith(".json")]
     return sorted(out, key=lambda m: m.get("started_at", ""))
+
+
+def read_runs(output: str) -> list[dict]:
+    """Every committed run's metadata, oldest first."""
+    return read_manifests(output)
