@@ -147,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def storage_problem(exc: BaseException) -> str | None:
+    """One line (what failed + the fix) for a storage failure, or None when it is not one."""
+    names = {t.__name__ for t in type(exc).__mro__}
+    text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+        return ("object storage credentials are missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                "AWS_PROFILE, or an instance profile / IRSA on the cluster); AWS_ENDPOINT_URL for S3-compatible stores")
+    if names & {"ClientError", "NoSuchBucket"} or isinstance(exc, PermissionError):
+        return (f"object storage refused the request ({text}): check the bucket name and that these credentials "
+                "may list, read and write it")
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"}:
+        return (f"object storage is unreachable ({text}): check AWS_ENDPOINT_URL / the network, then run again")
+    return None
+
+
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Parse, dispatch, and turn every expected failure into one ``ecgembed: error:`` line."""
     from ecgembed.tables.lock import OutputLocked
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("ecgembed: interrupted", file=sys.stderr)
+        print("ecgembed: interrupted (nothing of this run was committed; run again to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except WeightsError as err:
         print(f"ecgembed: error: model weights unavailable: {err}", file=sys.stderr)
@@ -165,6 +180,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         return EXIT_LOCKED
     except EcgembedError as err:
         print(f"ecgembed: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - storage failures are expected; anything else is a bug
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        print(f"ecgembed: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -163,6 +163,7 @@ def run(config: RunConfig, log_line=None) -> dict:
     from ecgembed.labels import load_label_set
 
     label_sets = [load_label_set(name) for name in config.labels]
+    _check_output(config.output)
     resolved = resolve_models(config, label_sets)       # weights reachable, versions known, before the lock
     found = discover_all(config)
     say(f"[ecgembed] run {run_id}: {len(found.refs)} records from {', '.join(redact(u) for u in config.inputs)} "
@@ -185,6 +186,15 @@ def run(config: RunConfig, log_line=None) -> dict:
                 say(f"[ecgembed] {key} leftovers of earlier runs: {', '.join(runs)}")
         work = _select(config, found, resolved, say)
         return _execute(config, run_id, started, found, work, resolved, lock, say, recovered)
+
+
+def _check_output(output: str) -> None:
+    """The output must be a folder/prefix (or not exist yet), never a file."""
+    from ecgembed import storage
+
+    fs, path = storage.fs_and_path(output)
+    if fs.isfile(path):
+        raise ConfigError(f"--output {redact(output)} is a file; give a folder or prefix for the tables")
 
 
 def _select(config: RunConfig, found: Discovered, resolved: Resolved, say) -> list[C.Work]:
