@@ -186,13 +186,16 @@ class RunConfig:
         """The configuration as plain values, with credentials removed from every URI (for manifests)."""
         from ecgembed.storage import redact
 
-        out = asdict(self)
-        out["inputs"] = [redact(u) for u in self.inputs]
-        out["output"] = redact(self.output)
-        out["weights"] = {m: (redact(u) if u else u) for m, u in self.weights.items()}
-        if self.weights_dir:
-            out["weights_dir"] = redact(self.weights_dir)
-        return out
+        def clean(value):
+            if isinstance(value, str):
+                return redact(value)
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [clean(v) for v in value]
+            return value
+
+        return clean(asdict(self))
 
 
 # ---- the command line, generated from the fields above ---------------------------------------------

@@ -27,6 +27,8 @@ ERROR_TYPES: dict[str, tuple[bool, str]] = {
     "not_ecg": (True, "the input is not an ECG record ecgembed can read"),
     "fetch_failed": (False, "the bytes could not be fetched (network or storage error)"),
     "model_failed": (False, "the model raised while embedding a batch containing the record"),
+    "internal_error": (True, "an unexpected exception (a bug in ecgembed or a library): the message names its type "
+                             "and where it was raised; settled until --full, so one record cannot stop every night"),
 }
 
 

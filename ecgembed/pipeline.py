@@ -47,7 +47,8 @@ def build(work: list[C.Work], plans: list[ModelPlan], class_features: dict[str, 
     blocks = max(1, min(math.ceil(len(work) / config.records_per_task), 10_000))
     ds = ray.data.from_arrow(C.manifest(work, runs)).repartition(blocks)   # a small manifest is one block: split it
     ds = ds.map_batches(
-        prepare, fn_kwargs={"models": tuple(r.name for r in runs), "limits": _limits(config), "progress": progress},
+        prepare, fn_kwargs={"models": tuple(r.name for r in runs), "limits": _limits(config), "progress": progress,
+                            "fault_hook": fault_hook_from_env("ECGEMBED_PREPARE_FAULT_HOOK")},
         batch_size=config.records_per_task, num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=config.cpu_tasks) if config.cpu_tasks else None,
     )

@@ -30,7 +30,7 @@ from ecgembed.models.registry import SPECS
 from ecgembed.plan import ModelPlan
 from ecgembed.preprocess import quality_flags
 from ecgembed.sources.reader import decode_raw, fetch_many
-from ecgembed.storage import redact
+from ecgembed.storage import redact, redact_text
 from ecgembed.tables.schemas import QUALITY
 
 QUALITY_COLUMNS = tuple(f.name for f in QUALITY)          # the schema module owns the names and types
@@ -81,9 +81,11 @@ class _Outcome:
         self.cols[C.ERROR_MESSAGE][i] = message
 
 
-def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, progress=None) -> dict[str, np.ndarray]:
+def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, progress=None,
+            fault_hook: str | None = None) -> dict[str, np.ndarray]:
     """CPU stage: fetch (many requests in flight), decode, pick leads, flags, each needed model input."""
     out = _Outcome(batch, models)
+    fault = _resolve(fault_hook) if fault_hook else None
     timings = {"fetch": 0.0, "decode": 0.0, "preprocess": 0.0}
     t0 = time.perf_counter()
     raws = fetch_with_retries(list(zip(batch[C.URI].tolist(), batch[C.RECORD_ID].tolist())), limits)
@@ -99,6 +101,8 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, 
             step = "decode"
             record = decode_raw(raw, limits) if limits is not None else decode_raw(raw)
             step = "leads"
+            if fault is not None:
+                fault(step, str(batch[C.RECORD_ID][i]))
             leads = standard_leads(record)
             timings["decode"] += time.perf_counter() - t
             t = time.perf_counter()
@@ -119,6 +123,9 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, 
         except Exception as exc:  # noqa: BLE001 - no record may stop a run: a bug becomes its error row
             internal += 1
             out.fail(i, step, "internal_error", f"{redact(str(batch[C.URI][i]))}: {step}: {_internal(exc)}")
+        else:
+            continue
+        out.cols[C.ERROR_MESSAGE][i] = redact_text(out.cols[C.ERROR_MESSAGE][i])
     if progress is not None:
         failed = out.cols[C.STATUS] == C.ERROR
         histogram: dict[str, int] = {}
@@ -247,6 +254,8 @@ def _resolve(spec: str):
     return functools.partial(fn, argument) if argument else fn
 
 
-def fault_hook_from_env() -> str | None:
-    """Tests inject faults through ECGEMBED_FAULT_HOOK="module:function[:arg]"; never set in production."""
-    return os.environ.get("ECGEMBED_FAULT_HOOK") or None
+def fault_hook_from_env(name: str = "ECGEMBED_FAULT_HOOK") -> str | None:
+    """Tests inject faults through ECGEMBED_FAULT_HOOK (model stages: called with the model and the
+    batch index) and ECGEMBED_PREPARE_FAULT_HOOK (prepare: called with the step and the record id),
+    each "module:function[:arg]"; never set in production."""
+    return os.environ.get(name) or None

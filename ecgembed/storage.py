@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path
 
 import fsspec
@@ -162,6 +163,14 @@ def redact(uri: str) -> str:
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
              if not any(word in k.lower().replace("_", "-").removeprefix("x-amz-") for word in _SECRET_QUERY)]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, urllib.parse.urlencode(query), ""))
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\[\],]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it passed through :func:`redact` (for messages that quote URIs)."""
+    return _URL.sub(lambda m: redact(m.group(0)), text)
 
 
 def join(base: str, *parts: str) -> str:
