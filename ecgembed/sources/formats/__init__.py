@@ -9,11 +9,19 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ecgembed.sources.formats import wfdb
+from ecgembed.sources.formats import aecg, btl, dicom, edf, matlab, muse, philips, scp, wfdb
 from ecgembed.sources.formats.base import SNIFF_BYTES, Decoded, Limits
 
 FORMATS: tuple[ModuleType, ...] = (
     wfdb,
+    muse,
+    philips,
+    aecg,
+    btl,
+    dicom,
+    scp,
+    edf,
+    matlab,
 )
 
 __all__ = ["FORMATS", "SNIFF_BYTES", "Decoded", "Limits", "by_name", "claiming", "sniff"]
