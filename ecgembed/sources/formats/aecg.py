@@ -158,9 +158,11 @@ def _metadata(root) -> dict[str, str]:
                 element = person.find(f"{_NS}{tag}")
                 if element is not None and element.get(attr):
                     out[key] = element.get(attr)
-    low = root.find(f"{_NS}effectiveTime/{_NS}low")
-    if low is not None and low.get("value"):
-        out["acquisition_time"] = low.get("value")
+    for when in ("low", "center"):                 # the ECG's time: an interval start or its centre
+        element = root.find(f"{_NS}effectiveTime/{_NS}{when}")
+        if element is not None and element.get("value"):
+            out["acquisition_time"] = element.get("value")
+            break
     model = root.find(f".//{_NS}manufacturedSeriesDevice/{_NS}manufacturerModelName")
     if model is not None and (model.text or "").strip():
         out["device"] = model.text.strip()

@@ -30,7 +30,7 @@ EXTENSIONS = (".dcm", ".dicom")
 _DTYPES = {(8, "SB"): "i1", (8, "UB"): "u1", (16, "SS"): "<i2", (16, "US"): "<u2", (32, "SL"): "<i4",
            (32, "UL"): "<u4", (64, "SV"): "<i8", (64, "UV"): "<u8"}
 # What pydicom raises on a malformed file (it has no single base class for parse errors).
-_PARSE_ERRORS = (EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError,
+_PARSE_ERRORS = (EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError,
                  NotImplementedError, struct.error, UnicodeDecodeError, LookupError)
 
 
@@ -60,6 +60,8 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
     try:
         index, notes = _choose(groups)
         return _decode_group(name, groups[index], limits, notes, _metadata(ds))
+    except ECGError:                       # a ValueError too: ours, already clear
+        raise
     except _PARSE_ERRORS as exc:
         raise ECGError(name, "corrupt", f"malformed waveform attributes ({type(exc).__name__})") from None
 

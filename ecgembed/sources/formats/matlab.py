@@ -76,12 +76,15 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
     if signal.ndim != 2 or not np.issubdtype(signal.dtype, np.number) or np.iscomplexobj(signal):
         raise ECGError(name, "corrupt", f"ECG.data is {signal.dtype} with shape {signal.shape}, "
                                         "not a real 2-D array")
+    if leads is not None and signal.shape[0] != len(leads):
+        raise ECGError(sidecar, "bad_header", f"the sidecar names {len(leads)} leads, ECG.data has "
+                                              f"{signal.shape[0]} rows (shape {signal.shape})")
     if leads is None:
         leads = list(DEFAULT_LEADS)
-    if signal.shape[0] != len(leads):
-        raise ECGError(name, "missing_leads" if signal.shape[0] < len(leads) else "corrupt",
-                       f"ECG.data has {signal.shape[0]} rows (shape {signal.shape}); {len(leads)} leads expected "
-                       f"({'sidecar' if files.get(sidecar) else 'default'} lead list)")
+        if signal.shape[0] != len(leads):
+            raise ECGError(name, "missing_leads" if signal.shape[0] < len(leads) else "corrupt",
+                           f"ECG.data has {signal.shape[0]} rows (shape {signal.shape}), not the 12 leads of the "
+                           "CPSC 2018 layout (a sidecar can name other leads)")
     check_size(signal.shape[0], signal.shape[1], limits, name)
     n_keep, cut = samples_to_keep(signal.shape[1], fs, limits)
     out = signal[:, :n_keep].astype(np.float64)                 # (n_leads, n_samples)
