@@ -338,7 +338,8 @@ async def _read_ranged(fs, uri: str, path: str, cap: int | None, whole: bool) ->
         data = await fs._cat_file(path, start=0, end=cap + whole)
     except OSError as exc:
         # A range on an empty object is "416 InvalidRange" on S3: the object is empty.
-        if "InvalidRange" in str(exc) or "416" in str(exc) or "Requested Range Not Satisfiable" in str(exc):
+        message = str(exc).lower()
+        if "invalidrange" in message or "416" in message or "not satisfiable" in message:
             info = await fs._info(path)
             if int(info.get("size") or 0) == 0:
                 return b""
@@ -449,7 +450,8 @@ def create_exclusive(uri: str, data: bytes) -> None:
     except FileExistsError:
         raise
     except OSError as exc:
-        if "PreconditionFailed" in str(exc) or "412" in str(exc):
+        message = str(exc).lower()
+        if "precondition" in message or "pre-condition" in message or "412" in message:   # it exists
             raise FileExistsError(redact(uri)) from exc
         raise
 
@@ -469,8 +471,15 @@ def move(src: str, dst: str) -> None:
 
 
 def remove(uri: str, recursive: bool = False, missing_ok: bool = True) -> None:
-    """Delete a file/object (or a folder/prefix with ``recursive``)."""
+    """Delete a file/object (or a folder/prefix with ``recursive``).
+
+    Object stores delete a missing key without complaint, so ``missing_ok=False`` asks first.
+    """
     fs, path = fs_and_path(uri)
+    if not missing_ok and split(uri)[0] != "file":
+        fs.invalidate_cache()
+        if not fs.exists(path):
+            raise FileNotFoundError(redact(uri))
     try:
         fs.rm(path, recursive=recursive)
     except FileNotFoundError:

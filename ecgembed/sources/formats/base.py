@@ -184,7 +184,7 @@ def excerpt(text: str, width: int = 40) -> str:
     Never pass a whole line that may hold free text (names, MRNs): pass the one field at fault.
     Digits, letters and a few punctuation marks are kept; anything else becomes ``?``.
     """
-    clean = "".join(c if c.isascii() and (c.isalnum() or c in " .,:;+-_/()=<>#") else "?" for c in text)
+    clean = "".join(c if c.isascii() and (c.isalnum() or c in " .,:;+-_/()=<>#~") else "?" for c in text)
     return clean if len(clean) <= width else clean[: width - 3] + "..."
 
 

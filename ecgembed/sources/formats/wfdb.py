@@ -13,7 +13,8 @@ header); several signals interleaved in one file; several signal files per recor
 + ``.xyz``); ``samps_per_frame`` > 1 (averaged to one sample per frame, as ``wfdb.rdrecord``
 does by default); the format's "invalid sample" value becomes NaN; multi-segment records, fixed
 and variable layout (segments concatenated, channels matched by name, gaps and channels absent
-from a segment NaN, as ``wfdb``'s multi-to-single conversion). Not decoded, with a clear
+from a segment NaN, as ``wfdb``'s multi-to-single conversion; each segment is converted to mV
+with its own units, where ``wfdb`` leaves mixed units unconverted and reports none). Not decoded, with a clear
 :class:`~ecgembed.errors.ECGError`: skewed signals, nested multi-segment records.
 
 Header semantics follow the WFDB specification and ``wfdb`` 4.3: a gain of 0 or a missing
@@ -62,7 +63,8 @@ _SIMPLE_FORMATS: dict[str, tuple[str, int, int | None]] = {
 _PACKED_INVALID = {"212": -2048, "24": -(2**23), "310": -512, "311": -512}
 _FLAC = {"508": (8, -128), "516": (16, -32768), "524": (24, -(2**23))}   # bits, invalid value
 _BYTES_PER_SAMPLE = {"212": 1.5, "24": 3, "310": 4 / 3, "311": 4 / 3}
-SUPPORTED_FORMATS = tuple(sorted((*_SIMPLE_FORMATS, *_PACKED_INVALID, *_FLAC), key=int))
+NULL_FORMAT = "0"      # a signal with no stored samples (layout headers; all NaN when decoded)
+SUPPORTED_FORMATS = tuple(sorted((NULL_FORMAT, *_SIMPLE_FORMATS, *_PACKED_INVALID, *_FLAC), key=int))
 
 # "1000.0(0)/mV", "200/uV", "2000", "(0)/mV" are all legal gain fields.
 _GAIN_RE = re.compile(r"^(?P<gain>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)?(?:\((?P<baseline>[-+]?\d+)\))?(?:/(?P<units>\S+))?$")
@@ -95,8 +97,8 @@ class Header:
 
     @property
     def file_names(self) -> list[str]:
-        """Signal files in the order they are first named."""
-        return list(dict.fromkeys(s.file_name for s in self.signals))
+        """Signal files in the order they are first named (null signals name none)."""
+        return list(dict.fromkeys(s.file_name for s in self.signals if s.fmt != NULL_FORMAT))
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,7 @@ def parse_header(text: bytes | str, uri: str, limits: Limits = Limits()) -> Head
         raise ECGError(uri, "bad_header", f"the record line declares {n_sig} signals but {len(lines) - 1} signal "
                                           "lines follow")
     signals = tuple(_parse_signal_line(line, i, uri) for i, line in enumerate(lines[1 : 1 + n_sig], start=1))
-    n_files = len({s.file_name for s in signals})
+    n_files = len({s.file_name for s in signals if s.fmt != NULL_FORMAT})
     if n_files > limits.max_signal_files:
         raise ECGError(uri, "too_large", f"the header names {n_files} signal files, more than the limit of "
                                          f"{limits.max_signal_files} (--max-signal-files)")
@@ -330,9 +332,11 @@ def _bytes_for(fmt: str, n_values: int) -> int:
 
 
 def _by_file(header: Header) -> dict[str, list[int]]:
+    """Signal indices per signal file, in header order (null signals have no file)."""
     out: dict[str, list[int]] = {}
     for i, spec in enumerate(header.signals):
-        out.setdefault(spec.file_name, []).append(i)
+        if spec.fmt != NULL_FORMAT:
+            out.setdefault(spec.file_name, []).append(i)
     return out
 
 
@@ -356,6 +360,8 @@ def _signal_plan(header: Header, limits: Limits) -> dict[str, int | None]:
 def _keep(header: Header, files: Mapping[str, bytes], limits: Limits) -> tuple[int, list[str]]:
     """Samples per signal to decode (the header's or the file's length, capped), with notes."""
     sig_len = header.sig_len
+    if sig_len is None and not _by_file(header):
+        raise ECGError(header.record_name + ".hea", "empty_signal", "only null signals (format 0) and no length")
     if sig_len is None:   # infer from the first signal file, as wfdb does
         file_name, idx = next(iter(_by_file(header).items()))
         data = files.get(file_name)
@@ -380,7 +386,7 @@ def _keep(header: Header, files: Mapping[str, bytes], limits: Limits) -> tuple[i
 def _physical(header: Header, files: Mapping[str, bytes], n_frames: int, limits: Limits,
               full_len: int | None = None) -> np.ndarray:
     """Physical values (float64, NaN where invalid) of every signal, first ``n_frames`` samples."""
-    signal = np.empty((len(header.signals), n_frames), np.float64)
+    signal = np.full((len(header.signals), n_frames), np.nan)   # null signals stay NaN
     for file_name, idx in _by_file(header).items():
         data = files.get(file_name)
         if data is None:
@@ -609,6 +615,7 @@ def _decode_multi(header: MultiHeader, name: str, files: Mapping[str, bytes], li
         if signal is None:
             signal = np.full((len(names), keep), np.nan)
         block = _physical(seg, files, used, limits, full_len=seg.sig_len)
+        to_mv_inplace(block, [s.units for s in seg.signals])   # per segment: segments may differ in units
         if header.layout:   # variable layout: channels matched by name (the first of a repeated name)
             seg_names = [s.name for s in seg.signals]
             for row, lead in enumerate(names):
@@ -629,6 +636,5 @@ def _decode_multi(header: MultiHeader, name: str, files: Mapping[str, bytes], li
         raise ECGError(name, "empty_signal", "the multi-segment record has no signals")
     layout_units = [s.units for s in layout.signals] if header.layout else ["mV"] * len(names)
     unit_list = [units.get(i, layout_units[i]) for i in range(len(names))]
-    to_mv_inplace(signal, unit_list)
     return Decoded(leads=names, signal=signal, fs=header.fs, units=unit_list, notes=notes,
                    metadata=_metadata(header.comments), comments=list(header.comments))
