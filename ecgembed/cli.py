@@ -86,8 +86,9 @@ def _inspect(args: argparse.Namespace) -> int:
                 record = read_record(ref_uri, record_id)
                 leads = standard_leads(record)
                 flags = quality_flags(leads.signal, leads.fs, leads.derived)
-                row = {"record_id": record.record_id, "uri": record.uri, "status": "ok",
-                       "stored_leads": record.sig_name, **flags.as_dict(), "metadata": record.metadata}
+                row = {"record_id": record.record_id, "uri": record.uri, "status": "ok", "format": record.format,
+                       "stored_leads": record.sig_name, **flags.as_dict(), "notes": record.notes,
+                       "metadata": record.metadata}
             except ECGError as err:
                 failures += 1
                 row = {"record_id": record_id or ref_uri, "uri": err.uri, "status": "error",
