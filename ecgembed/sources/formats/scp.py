@@ -52,7 +52,7 @@ def companions(primary: bytes, name: str) -> list[str]:
 
 
 def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
-    data = files[name]
+    data = memoryview(files[name])                 # slices below are views, not copies
     sections = _sections(data, name)
     for required in (3, 6):
         if required not in sections:
@@ -74,7 +74,7 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
 
     notes: list[str] = []
     rows, offset = [], 0
-    for lead, count in zip(lead_ids, byte_counts):
+    for lead, count in zip(lead_ids, byte_counts):   # leads are stored one after another
         chunk = payload[offset:offset + count]
         if len(chunk) < count:
             raise ECGError(name, "truncated", f"section 6 ends inside lead {_lead_label(lead)} "
@@ -83,7 +83,7 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
         if huffman:
             values = _huffman_default(chunk, n_declared, lead, name)
         else:
-            values = np.frombuffer(chunk[: len(chunk) // 2 * 2], "<i2").astype(np.int64)
+            values = np.frombuffer(chunk[: len(chunk) // 2 * 2], "<i2")
             if len(values) < n_declared:
                 if count < 65534:
                     raise ECGError(name, "truncated", f"lead {_lead_label(lead)} holds {len(values)} samples, "
@@ -95,17 +95,20 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
         rows.append(_undo_differences(values, order))
     n_samples = min(len(r) for r in rows)
     n_keep, cut = samples_to_keep(n_samples, fs, limits)
-    signal = np.stack([r[:n_keep] for r in rows]).astype(np.float64) * (avm_nv * 1e-6)   # (n_leads, n) mV
+    signal = np.empty((len(rows), n_keep))                      # (n_leads, n_samples)
+    for i, row in enumerate(rows):
+        signal[i] = row[:n_keep]
+    signal *= avm_nv * 1e-6                                     # nV per count -> mV
     return Decoded(leads=[_lead_label(i) for i in lead_ids], signal=signal, fs=fs, units=["nV"] * len(lead_ids),
                    notes=notes + cut, metadata=_metadata(sections.get(1)))
 
 
 # --------------------------------------------------------------------------- container
-def _crc(data: bytes) -> int:
+def _crc(data) -> int:
     return binascii.crc_hqx(data, 0xFFFF)        # CRC-CCITT, polynomial 0x1021, initial 0xFFFF
 
 
-def _sections(data: bytes, uri: str) -> dict[int, bytes]:
+def _sections(data: memoryview, uri: str) -> dict[int, memoryview]:
     """Section id -> its bytes after the 16-byte header, with the file and section CRCs checked."""
     if len(data) < 6 + 16:
         raise ECGError(uri, "truncated", f"{len(data)} bytes: shorter than an SCP-ECG header")
@@ -128,7 +131,7 @@ def _sections(data: bytes, uri: str) -> dict[int, bytes]:
     return out
 
 
-def _section_at(data: bytes, start: int, expected_id: int, uri: str) -> bytes:
+def _section_at(data: memoryview, start: int, expected_id: int, uri: str) -> memoryview:
     crc, section_id, length = struct.unpack_from("<HHI", data, start)
     if section_id != expected_id or length < 16 or start + length > len(data):
         raise ECGError(uri, "corrupt", f"section header at byte {start}: id {section_id}, length {length} "
@@ -138,7 +141,7 @@ def _section_at(data: bytes, start: int, expected_id: int, uri: str) -> bytes:
     return data[start + 16:start + length]
 
 
-def _huffman(section: bytes | None, uri: str) -> bool:
+def _huffman(section: memoryview | None, uri: str) -> bool:
     """True for the default table, False without section 2; custom tables are refused."""
     if section is None:
         return False
@@ -151,7 +154,7 @@ def _huffman(section: bytes | None, uri: str) -> bool:
     return True
 
 
-def _leads(section: bytes, uri: str) -> tuple[list[int], int, int]:
+def _leads(section: memoryview, uri: str) -> tuple[list[int], int, int]:
     if len(section) < 2:
         raise ECGError(uri, "corrupt", "section 3 is too short")
     n_leads, flags = section[0], section[1]
@@ -171,7 +174,7 @@ def _leads(section: bytes, uri: str) -> tuple[list[int], int, int]:
     return ids, end - start + 1, flags
 
 
-def _rhythm_header(section: bytes, n_leads: int, uri: str):
+def _rhythm_header(section: memoryview, n_leads: int, uri: str):
     if len(section) < 6 + 2 * n_leads:
         raise ECGError(uri, "truncated", f"section 6 is too short for the byte counts of {n_leads} leads")
     avm, interval, order, bimodal = struct.unpack_from("<HHBB", section, 0)
@@ -180,19 +183,17 @@ def _rhythm_header(section: bytes, n_leads: int, uri: str):
 
 
 # --------------------------------------------------------------------------- samples
-def _huffman_default(chunk: bytes, n_samples: int, lead: int, uri: str) -> np.ndarray:
+def _huffman_default(chunk: memoryview, n_samples: int, lead: int, uri: str) -> np.ndarray:
     """Decode the default table: 0 -> 0; k ones, 0, sign -> +-k (k = 1..8); 9 ones, 0, 8-bit value;
     10 ones, 16-bit value. Code starts are found by a pointer walk over precomputed lengths."""
     bits = np.unpackbits(np.frombuffer(chunk, np.uint8))
     n_bits = len(bits)
     padded = np.concatenate([bits, np.zeros(26, np.uint8)])
-    ones = np.zeros(n_bits, np.int64)          # run of ones starting at each bit, capped at 10
-    alive = np.ones(n_bits, bool)
-    for k in range(10):
-        alive &= padded[k:k + n_bits] == 1
-        ones += alive
+    position = np.arange(len(padded))
+    next_zero = np.minimum.accumulate(np.where(padded == 0, position, len(padded))[::-1])[::-1]
+    ones = np.minimum(next_zero[:n_bits] - position[:n_bits], 10)   # run of ones at each bit, capped
     length = np.where(ones == 0, 1, np.where(ones <= 8, ones + 2, np.where(ones == 9, 18, 26)))
-    starts = _walk(length[:n_bits].tolist(), n_samples, n_bits)
+    starts = _walk(length.tolist(), n_samples)
     if len(starts) < n_samples:
         raise ECGError(uri, "truncated", f"lead {_lead_label(lead)}: Huffman data hold {len(starts)} samples, "
                                          f"section 3 declares {n_samples}")
@@ -212,11 +213,16 @@ def _huffman_default(chunk: bytes, n_samples: int, lead: int, uri: str) -> np.nd
     return values.astype(np.int64)
 
 
-def _walk(length: list[int], n_samples: int, n_bits: int) -> list[int]:
-    starts, position = [], 0
-    while position < n_bits and len(starts) < n_samples:
-        starts.append(position)
-        position += length[position]
+def _walk(length: list[int], n_samples: int) -> list[int]:
+    """Start bit of each of the first ``n_samples`` codes (fewer when the bits run out first).
+    The one sequential step of the decode: each code's start depends on the previous code."""
+    starts, position = [0] * n_samples, 0
+    try:
+        for i in range(n_samples):
+            starts[i] = position
+            position += length[position]
+    except IndexError:                     # position is past the lead's last bit
+        return starts[:i]
     return starts
 
 
@@ -239,10 +245,11 @@ def _lead_label(lead_id: int) -> str:
 
 
 # --------------------------------------------------------------------------- section 1
-def _metadata(section: bytes | None) -> dict[str, str]:
+def _metadata(section: memoryview | None) -> dict[str, str]:
     """PHI-capable fields under the fixed keys (written only when the user opts in)."""
     if not section:
         return {}
+    section = bytes(section)
     tags, pos = {}, 0
     while pos + 3 <= len(section):
         tag, size = section[pos], struct.unpack_from("<H", section, pos + 1)[0]
