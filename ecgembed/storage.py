@@ -205,13 +205,14 @@ class Entry:
     uri: str          # the file's URI (as given to the listing: not redacted)
     size: int
     version: str      # ETag, generation or mtime: changes when the object is rewritten
+    regular: bool = True   # False for a local FIFO, device, socket (or a link to one): never read
 
 
 def listing(root: str) -> list[Entry]:
     """Every file under ``root`` (recursively, one listing), sorted by ``rel``.
 
-    Raises ``FileNotFoundError`` when ``root`` does not exist. Local listings follow neither
-    FIFOs nor devices: they are returned (discovery reports them) but never read.
+    Raises ``FileNotFoundError`` when ``root`` does not exist. Local FIFOs, devices and sockets
+    are listed with ``regular=False`` (discovery reports them) and are never read.
     """
     protocol, root_path = split(root)
     fs = filesystem(protocol)
@@ -221,7 +222,8 @@ def listing(root: str) -> list[Entry]:
         raise FileNotFoundError(root)
     out = []
     for path, info in entries.items():
-        if info.get("type", "file") != "file":
+        kind = info.get("type", "file")
+        if kind not in ("file", "other"):
             continue
         if protocol == "file":
             rel = os.path.relpath(path, root_path).replace(os.sep, "/")
@@ -229,7 +231,7 @@ def listing(root: str) -> list[Entry]:
             rel = posixpath.relpath(path, root_path)
         version = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("mtime") \
             or info.get("LastModified") or ""
-        out.append(Entry(rel, unsplit(protocol, path), int(info.get("size") or 0), str(version)))
+        out.append(Entry(rel, unsplit(protocol, path), int(info.get("size") or 0), str(version), kind == "file"))
     return sorted(out, key=lambda e: e.rel)
 
 
@@ -268,7 +270,11 @@ def read_many(uris: list[str], max_bytes: int | None = None,
     out: dict[str, bytes | Exception] = {}
     by_protocol: dict[str, list[tuple[str, str, int | None, bool]]] = {}
     for uri in dict.fromkeys(uris):
-        protocol, path = split(uri)
+        try:
+            protocol, path = split(uri)
+        except ConfigError as exc:   # e.g. ftp:// in a manifest row: that object's error, not the batch's
+            out[uri] = exc
+            continue
         cap, whole = (prefix[uri], False) if uri in prefix else (max_bytes, True)
         by_protocol.setdefault(protocol, []).append((uri, path, cap, whole))
     for protocol, items in by_protocol.items():

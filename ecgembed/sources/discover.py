@@ -253,7 +253,11 @@ def _sniff_all(files: list[_File], readers: archives.ArchiveReader, disc: Discov
         elif isinstance(head, Exception):
             _skip(disc, f"unreadable ({type(head).__name__})", f.rel)
         else:
-            fmt = formats.sniff(head)
+            try:
+                fmt = formats.sniff(head)
+            except formats.SniffError as exc:
+                _skip(disc, f"internal error ({exc})", f.rel)
+                continue
             if fmt is None:
                 _skip(disc, "unknown format", f.rel)
             else:
@@ -282,12 +286,15 @@ def _archive_records(archive: _File, root: str, disc: Discovery, readers) -> dic
 
 
 # --------------------------------------------------------------------------- inputs
-def _list(root: str) -> list[_File]:
+def _list(root: str, disc: Discovery) -> list[_File]:
     try:
         entries = storage.listing(root)
     except FileNotFoundError:
         raise ConfigError(f"input {storage.redact(root)!r} does not exist") from None
-    return [_File(e.rel, e.uri, e.size, e.version) for e in entries]
+    for e in entries:
+        if not e.regular:
+            _skip(disc, "not a regular file", e.rel)
+    return [_File(e.rel, e.uri, e.size, e.version) for e in entries if e.regular]
 
 
 def _visible(files: list[_File], disc: Discovery) -> list[_File]:
@@ -306,7 +313,7 @@ def _from_listing(root: str) -> Discovery:
     disc = Discovery(storage.redact(root))
     readers = archives.ArchiveReader()
     try:
-        refs = _classify(_visible(_list(root), disc), root, disc, readers)
+        refs = _classify(_visible(_list(root, disc), disc), root, disc, readers)
     finally:
         readers.close()
     disc.refs = sorted(refs.values(), key=lambda r: r.record_id)

@@ -26,7 +26,7 @@ from types import ModuleType
 import numpy as np
 
 from ecgembed import storage
-from ecgembed.errors import ECGError
+from ecgembed.errors import ConfigError, ECGError
 from ecgembed.sources import formats
 from ecgembed.sources.discover import RecordRef, record_id_for
 from ecgembed.sources.formats import zip as archives
@@ -109,6 +109,8 @@ def _to_error(uri: str, value: Exception, what: str) -> ECGError:
         return ECGError(shown, "unsafe_path", f"{what} is a {value.kind}, not a regular file")
     if isinstance(value, (IsADirectoryError, NotADirectoryError)):
         return ECGError(shown, "unsafe_path", f"{what} is not a regular file")
+    if isinstance(value, ConfigError):     # an unsupported URI scheme
+        return ECGError(shown, "unsafe_path", f"{what}: {value}")
     return ECGError(shown, "fetch_failed", f"could not fetch the {what} ({type(value).__name__})")
 
 
@@ -199,7 +201,11 @@ def _larger(a: int | None, b: int | None) -> int | None:
 
 
 def _format_of(p: _Pending, primary: bytes) -> ModuleType | None:
-    fmt = formats.sniff(primary[:SNIFF_BYTES])
+    try:
+        fmt = formats.sniff(primary[:SNIFF_BYTES])
+    except formats.SniffError as exc:
+        p.error = ECGError(storage.redact(p.ref.uri), "internal_error", f"{exc} (a bug: please report it)")
+        return None
     if fmt is None and p.ref.format:
         try:
             fmt = formats.by_name(p.ref.format)

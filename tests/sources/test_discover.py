@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -127,10 +128,15 @@ def test_files_without_a_known_extension_are_sniffed(ecg_dir, tmp_path, s3):
     shutil.copy(ecg_dir / "hl7-aecg" / "Example aECG.xml", drop / "study.ecgdata")   # unknown extension
     (drop / "blob.bin").write_bytes(b"\x00\x01" * 5000)
     (drop / "report.pdf").write_bytes(b"%PDF-1.4 ...")
-    for root in (str(drop), s3.put_dir(drop, "sniffed-drop")):
+    root = s3.put_dir(drop, "sniffed-drop")
+    os.mkfifo(drop / "pipe")                     # local only: listed, reported, never opened
+    (drop / "zero").symlink_to("/dev/zero")
+    local = discover(str(drop))
+    assert local.skipped["not a regular file"] == {"(none)": 2}
+    for root in (str(drop), root):
         found = discover(root)
         assert [(r.record_id, r.format) for r in found] == [("IM000001", "dicom"), ("study.ecgdata", "aecg")]
-        assert found.skipped == {"unknown format": {".bin": 1, ".pdf": 1}}
+        assert found.skipped["unknown format"] == {".bin": 1, ".pdf": 1}
         assert read_record(found[0].uri).format == "dicom" and read_record(found[1].uri).format == "aecg"
 
 

@@ -27,10 +27,18 @@ FORMATS: tuple[ModuleType, ...] = (
 __all__ = ["FORMATS", "SNIFF_BYTES", "Decoded", "Limits", "by_name", "claiming", "sniff"]
 
 
+class SniffError(RuntimeError):
+    """A format's ``sniff`` raised (a bug in that format's code: sniff must never raise)."""
+
+
 def sniff(head: bytes) -> ModuleType | None:
     """The format of a file from its first bytes, or None."""
     for fmt in FORMATS:
-        if fmt.sniff(head):
+        try:
+            matched = fmt.sniff(head)
+        except Exception as exc:  # a bug: reported by the caller as internal_error, never a dead run
+            raise SniffError(f"{fmt.NAME}.sniff raised {type(exc).__name__}") from exc
+        if matched:
             return fmt
     return None
 
