@@ -43,7 +43,7 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")           # any repair edfio would make is an error here
-            edf = edfio.read_edf(data, lazy_load_data=True)
+            edf = edfio.read_edf(data, lazy_load_data=True, header_encoding="latin-1")
             signals = [s for s in edf.signals if s.label.strip() != _ANNOTATIONS]
             rates = [float(s.sampling_frequency) for s in signals]
     except (ValueError, UserWarning, IndexError, UnicodeDecodeError) as exc:
@@ -62,16 +62,17 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
     n_samples = header["records"] * signals[keep[0]].samples_per_data_record
     check_size(len(keep), n_samples, limits, name)
     n_keep, cut = samples_to_keep(n_samples, fs, limits)
-    rows, units = [], []
-    for i in keep:
+    signal = np.empty((len(keep), n_keep))                    # (n_channels, n_samples)
+    units = []
+    for row, i in enumerate(keep):
         unit = signals[i].physical_dimension.strip()
-        row = np.asarray(signals[i].data[:n_keep], np.float64)
+        signal[row] = signals[i].data[:n_keep]
         scale = mv_scale(unit)
-        rows.append(row * scale if scale not in (None, 1.0) else row)
+        if scale not in (None, 1.0):
+            signal[row] *= scale
         units.append(unit)
     leads = [std_leads.canonical_lead(labels[i]) or labels[i] for i in keep]
-    return Decoded(leads=leads, signal=np.stack(rows), fs=fs, units=units, notes=notes + cut,
-                   metadata=_metadata(header))
+    return Decoded(leads=leads, signal=signal, fs=fs, units=units, notes=notes + cut, metadata=_metadata(header))
 
 
 def _field(data: bytes, start: int, width: int) -> str:
@@ -103,8 +104,8 @@ def _check_header(data: bytes, uri: str) -> dict:
     if record_bytes <= 0 or min(per_record) < 0:
         raise ECGError(uri, "bad_header", f"samples per data record {per_record[:4]}...")
     body = len(data) - header_bytes
-    if records == -1:                              # allowed while recording: derive from the size
-        records = body // record_bytes
+    if records == -1:
+        raise ECGError(uri, "bad_header", "the record count is -1 (the file was not closed after recording)")
     if records <= 0:
         raise ECGError(uri, "empty_signal", f"the EDF header declares {records} data records")
     if body != records * record_bytes:

@@ -371,6 +371,13 @@ def test_edf_discontinuous_is_refused(ecg_dir):
     assert _error("e.edf", bytes(data)).error_type == "unsupported_format"
 
 
+def test_edf_record_count_of_a_file_still_recording(ecg_dir):
+    data = bytearray(_read(ecg_dir, EDF))
+    data[236:244] = b"-1      "
+    err = _error("e.edf", bytes(data))
+    assert err.error_type == "bad_header" and "-1" in err.problem
+
+
 def test_edf_header_that_is_not_a_number(ecg_dir):
     data = bytearray(_read(ecg_dir, EDF))
     data[236:244] = b"lots    "
