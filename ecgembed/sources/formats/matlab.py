@@ -65,7 +65,7 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
     try:
         contents = scipy.io.loadmat(io.BytesIO(data), simplify_cells=True)
     except (MatReadError, ValueError, TypeError, KeyError, IndexError, OverflowError, zlib.error,
-            UnicodeDecodeError, struct.error, EOFError) as exc:
+            UnicodeDecodeError, struct.error, EOFError, OSError) as exc:
         raise ECGError(name, "corrupt", f"MATLAB file cannot be read ({type(exc).__name__})") from None
     ecg = contents.get("ECG")
     if not isinstance(ecg, dict) or "data" not in ecg:

@@ -396,6 +396,12 @@ def test_matlab_without_cpsc_layout():
     assert err.error_type == "not_ecg" and err.problem.endswith("variables: val")
 
 
+def test_matlab_truncated():
+    data = _mat({"ECG": {"sex": "Male", "age": 40, "data": np.zeros((12, 5000))}})
+    err = _error("r.mat", data[: len(data) // 2])
+    assert err.error_type == "corrupt" and err.problem.startswith("MATLAB file cannot be read")
+
+
 def test_matlab_73_is_refused():
     data = b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(512, b" ")
     assert _error("r.mat", data).error_type == "unsupported_format"
@@ -428,3 +434,29 @@ def test_btl_bad_samples():
     assert err.error_type == "corrupt" and err.problem == "channel II holds a sample that is not an integer"
     err = _error("b.xml", good + b'<Channel Name="II">1 2</Channel></Signals></BTL_ECG>')
     assert err.error_type == "corrupt" and err.problem == "channel II holds 2 samples, I holds 3"
+
+
+# --------------------------------------------------------------------------- any damage
+@pytest.mark.parametrize("path", [MUSE, PHILIPS, PHILIPS_UTF16, AECG, DICOM, SCP_HUFFMAN, SCP_RAW, EDF])
+def test_random_damage_is_an_ecg_error_or_a_clean_decode(ecg_dir, path):
+    """Cut, overwritten, inserted or deleted bytes: never any exception but ECGError."""
+    data = _read(ecg_dir, path)
+    fmt = formats.sniff(data[: formats.SNIFF_BYTES])
+    rng = np.random.default_rng(sum(data[:64]))
+    for trial in range(12):
+        damaged = bytearray(data)
+        at = int(rng.integers(len(data)))
+        if trial % 4 == 0:
+            damaged = damaged[:at]
+        elif trial % 4 == 1:
+            damaged[at:at + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+        elif trial % 4 == 2:
+            damaged[at:at] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+        else:
+            del damaged[at:at + 200]
+        try:
+            decoded = fmt.decode("f", {"f": bytes(damaged)}, formats.Limits())
+        except ECGError as err:
+            assert err.error_type in ERROR_TYPES and err.uri == "f"
+        else:
+            assert decoded.signal.ndim == 2 and decoded.signal.dtype == np.float64
