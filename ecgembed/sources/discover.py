@@ -311,9 +311,13 @@ def _visible(files: list[_File], disc: Discovery) -> list[_File]:
 
 def _from_listing(root: str) -> Discovery:
     disc = Discovery(storage.redact(root))
+    files = _list(root, disc)
+    if len(files) == 1 and files[0].rel == ".":    # the input is one file (no extension a format claims)
+        root = storage.parent(root)
+        files = [_File(storage.basename(files[0].uri), files[0].uri, files[0].size, files[0].version)]
     readers = archives.ArchiveReader()
     try:
-        refs = _classify(_visible(_list(root, disc), disc), root, disc, readers)
+        refs = _classify(_visible(files, disc), root, disc, readers)
     finally:
         readers.close()
     disc.refs = sorted(refs.values(), key=lambda r: r.record_id)

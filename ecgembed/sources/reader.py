@@ -67,7 +67,7 @@ def header_uri(uri: str) -> str:
     return resolve(uri, check_exists=False)[0]
 
 
-def _as_ref(item, limits: Limits) -> RecordRef:
+def _as_ref(item) -> RecordRef:
     if isinstance(item, RecordRef):
         return item
     uri, record_id = item       # version 1: (header URI, record id) pairs
@@ -131,7 +131,7 @@ def _read_batch(wanted: dict[str, int | None], whole: dict[str, bool], limits: L
     return out
 
 
-def fetch_many(refs: list, limits: Limits = Limits()) -> list[RawRecord | ECGError]:
+def fetch_many(refs: list[RecordRef], limits: Limits = Limits()) -> list[RawRecord | ECGError]:
     """Fetch many records with every request of a round in flight at once.
 
     ``refs`` are :class:`RecordRef` (version-1 ``(uri, record_id)`` pairs are accepted too). Each
@@ -140,7 +140,7 @@ def fetch_many(refs: list, limits: Limits = Limits()) -> list[RawRecord | ECGErr
     """
     pending = []
     for item in refs:
-        ref = _as_ref(item, limits)
+        ref = _as_ref(item)
         member = archives.split_member(ref.uri)
         pending.append(_Pending(ref, os.path.basename(member[1]) if member else storage.basename(ref.uri)))
     archive_reader = archives.ArchiveReader()

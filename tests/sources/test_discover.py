@@ -138,6 +138,8 @@ def test_files_without_a_known_extension_are_sniffed(ecg_dir, tmp_path, s3):
         assert [(r.record_id, r.format) for r in found] == [("IM000001", "dicom"), ("study.ecgdata", "aecg")]
         assert found.skipped["unknown format"] == {".bin": 1, ".pdf": 1}
         assert read_record(found[0].uri).format == "dicom" and read_record(found[1].uri).format == "aecg"
+    single = discover(str(drop / "IM000001"))           # one extension-less file as the input
+    assert [(r.record_id, r.format, r.input_root) for r in single] == [("IM000001", "dicom", str(drop))]
 
 
 def test_fingerprint_covers_oddly_named_signal_files_but_not_label_tables(tmp_path, ecg_dir):
