@@ -5,7 +5,8 @@ sampling rate, and work in float64 before casting to float32, as the reference c
 
 **MELP** (``melp_input``, 12 x 5000, 500 Hz, 10 s): non-finite samples -> 0; a record not at
 500 Hz is resampled to 500 Hz with a polyphase filter (``scipy.signal.resample_poly``, the
-ratio reduced to integers; the original code only ever saw 500 Hz, so this is our choice);
+ratio reduced to integers of at most :data:`MAX_POLY_FACTOR`, see :func:`resample_ratio`; the
+original code only ever saw 500 Hz, so this is our choice);
 the first 5000 samples are kept, a shorter record is zero-padded at the end; then one
 min-max over the whole 12 x 5000 array: ``(x - min) / (max - min + 1e-8)``. The global scaling
 keeps the ratios between leads and makes the input independent of the amplitude unit.
@@ -80,7 +81,8 @@ def _check(signal: np.ndarray, uri: str = "") -> None:
 
 def _check_fs(fs: float, uri: str) -> float:
     if not (isinstance(fs, (int, float, np.floating, np.integer)) and math.isfinite(fs) and MIN_FS <= fs <= MAX_FS):
-        raise ECGError(uri, "bad_sampling_rate", f"cannot resample from {fs!r} Hz (supported: {MIN_FS:g}-{MAX_FS:g} Hz)")
+        raise ECGError(uri, "bad_sampling_rate",
+                       f"cannot resample from {fs!r} Hz (supported: {MIN_FS:g}-{MAX_FS:g} Hz)")
     return float(fs)
 
 

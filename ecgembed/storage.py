@@ -289,8 +289,8 @@ def read_many(uris: list[str], max_bytes: int | None = None,
             coros = [_read_ranged(fs, uri, path, cap, whole) for uri, path, cap, whole in items]
         else:
             for uri, path, cap, whole in items:
-                out[uri] = _guard(uri, lambda: _cut(uri, fs.cat_file(path, start=0, end=None if cap is None else cap + whole),
-                                                    cap, whole))
+                end = None if cap is None else cap + whole
+                out[uri] = _guard(uri, lambda: _cut(uri, fs.cat_file(path, start=0, end=end), cap, whole))
             continue
         results = fsspec.asyn.sync(fs.loop, _gather, coros)
         for (uri, *_), result in zip(items, results):

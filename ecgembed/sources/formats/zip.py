@@ -96,7 +96,8 @@ class ArchiveReader:
             except FileNotFoundError as exc:
                 got = exc
             except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-                got = ECGError(storage.redact(archive_uri), "corrupt", f"not a readable zip archive ({type(exc).__name__})")
+                got = ECGError(storage.redact(archive_uri), "corrupt",
+                               f"not a readable zip archive ({type(exc).__name__})")
             except OSError as exc:
                 got = exc
             self._open[archive_uri] = got
