@@ -87,7 +87,7 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
                            "CPSC 2018 layout (a sidecar can name other leads)")
     check_size(signal.shape[0], signal.shape[1], limits, name)
     n_keep, cut = samples_to_keep(signal.shape[1], fs, limits)
-    out = signal[:, :n_keep].astype(np.float64)                 # (n_leads, n_samples)
+    out = np.asarray(signal[:, :n_keep], dtype=np.float64)     # (n_leads, n_samples); loadmat's own array
     scale = mv_scale(units)
     if scale not in (None, 1.0):
         out *= scale
