@@ -31,6 +31,7 @@ note. A signal file more than ``size_margin_bytes`` longer than its header impli
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -177,7 +178,14 @@ def parse_header(text: bytes | str, uri: str, limits: Limits = Limits()) -> Head
 
     Error messages quote only the field at fault, shortened (:func:`~.base.excerpt`): never a
     whole line, never a comment (comments and descriptions can hold names or record numbers).
+    The reader asks for the same header while planning fetches and decoding: results are cached
+    (headers are small, and the parsed form is immutable).
     """
+    return _parse_cached(text, uri, limits)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_cached(text: bytes | str, uri: str, limits: Limits) -> Header | MultiHeader:
     if isinstance(text, bytes):
         if b"\x00" in text[:4096]:
             raise ECGError(uri, "bad_header", "binary data where a WFDB text header was expected")
@@ -386,8 +394,12 @@ def _keep(header: Header, files: Mapping[str, bytes], limits: Limits) -> tuple[i
 def _physical(header: Header, files: Mapping[str, bytes], n_frames: int, limits: Limits,
               full_len: int | None = None) -> np.ndarray:
     """Physical values (float64, NaN where invalid) of every signal, first ``n_frames`` samples."""
-    signal = np.full((len(header.signals), n_frames), np.nan)   # null signals stay NaN
-    for file_name, idx in _by_file(header).items():
+    by_file = _by_file(header)
+    if sum(len(idx) for idx in by_file.values()) == len(header.signals):
+        signal = np.empty((len(header.signals), n_frames), np.float64)
+    else:
+        signal = np.full((len(header.signals), n_frames), np.nan)   # null signals stay NaN
+    for file_name, idx in by_file.items():
         data = files.get(file_name)
         if data is None:
             raise ECGError(file_name, "missing_file", f"signal file {file_name!r} named by the header does not exist")
