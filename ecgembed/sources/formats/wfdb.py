@@ -179,9 +179,14 @@ def parse_header(text: bytes | str, uri: str, limits: Limits = Limits()) -> Head
     Error messages quote only the field at fault, shortened (:func:`~.base.excerpt`): never a
     whole line, never a comment (comments and descriptions can hold names or record numbers).
     The reader asks for the same header while planning fetches and decoding: results are cached
-    (headers are small, and the parsed form is immutable).
+    (headers are small, and the parsed form is immutable; a large one is not kept).
     """
+    if len(text) > _CACHED_HEADER_BYTES:
+        return _parse_cached.__wrapped__(text, uri, limits)
     return _parse_cached(text, uri, limits)
+
+
+_CACHED_HEADER_BYTES = 64 * 1024
 
 
 @functools.lru_cache(maxsize=512)
