@@ -22,8 +22,6 @@ mapping ignores it; any other channel whose name is not a lead is kept in the st
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from ecgembed.errors import ECGError
@@ -36,7 +34,7 @@ NAME = "btl"
 EXTENSIONS = (".xml",)
 
 STATUS_UNIT = "status"
-_SEPARATORS = re.compile(r"[\s,;]+")
+_SEPARATORS = str.maketrans(",;", "  ")          # commas and semicolons separate like spaces
 
 
 def sniff(head: bytes) -> bool:
@@ -74,7 +72,7 @@ def decode(name: str, files: dict[str, bytes], limits: Limits) -> Decoded:
         label = (channel.get("Name") or "").strip()
         if not label:
             raise ECGError(name, "bad_header", "a <Channel> has no Name")
-        tokens = [t for t in _SEPARATORS.split(channel.text or "") if t]
+        tokens = (channel.text or "").translate(_SEPARATORS).split()
         if rows and len(tokens) != len(rows[0]):
             raise ECGError(name, "corrupt", f"channel {excerpt(label)} holds {len(tokens)} samples, "
                                             f"{excerpt(leads[0])} holds {len(rows[0])}")
