@@ -190,6 +190,8 @@ def _classify(files: list[_File], root: str, disc: Discovery, readers: archives.
                     headers[posixpath.basename(f.rel)[: -len(fmt.RECORD_NAME_SUFFIX)]] = (f, fmt)
         header_rels = {f.rel: fmt for f, fmt in headers.values()}
         claimed: dict[str, list[_File]] = {stem: [] for stem in headers}
+        owners = _sidecar_owners(members, headers)       # single-file records with optional sidecars
+        sidecars: dict[str, tuple[_File, list[_File]]] = {}     # record rel -> (record, its sidecars)
         unclaimed: list[_File] = []
         for f in members:
             name = posixpath.basename(f.rel)
@@ -197,6 +199,11 @@ def _classify(files: list[_File], root: str, disc: Discovery, readers: archives.
             stem = name[: -len(ext)] if ext else name
             if f.rel in header_rels:
                 records[f.rel] = (f, header_rels[f.rel].NAME)
+                continue
+            owner = owners.get(stem)
+            if owner is not None and owner[0] is not f and ext in owner[1].COMPANION_EXTENSIONS:
+                sidecars.setdefault(owner[0].rel, (owner[0], []))[1].append(f)
+                disc.companions += 1
                 continue
             if stem in headers:
                 header_fmt = headers[stem][1]
@@ -221,6 +228,8 @@ def _classify(files: list[_File], root: str, disc: Discovery, readers: archives.
         for stem, (header, _) in headers.items():
             fingerprints[header.rel] = _digest([_entry_line(header)] + [_entry_line(c) for c in claimed[stem]]
                                                + folder_lines)
+        for rel, (record, extra) in sidecars.items():
+            fingerprints[rel] = _digest([_entry_line(record)] + [_entry_line(c) for c in extra])
 
     for f, fmt in _sniff_all(to_sniff, readers, disc):
         records[f.rel] = (f, fmt.NAME)
@@ -232,6 +241,25 @@ def _classify(files: list[_File], root: str, disc: Discovery, readers: archives.
         key = hint or "?" + (_ext(rel) or "(none)")
         disc.by_format[key] = disc.by_format.get(key, 0) + 1
     return out
+
+
+def _sidecar_owners(members: list[_File], headers: dict) -> dict[str, tuple[_File, object]]:
+    """stem -> (record file, format) for single-file formats that declare ``COMPANION_EXTENSIONS``
+    (optional sidecars beside the record, e.g. a MATLAB file's ``<stem>.json`` with its sampling
+    rate); a WFDB header's stem wins."""
+    owners: dict[str, tuple[_File, object]] = {}
+    for f in members:
+        name = posixpath.basename(f.rel)
+        ext = _ext(name)
+        hint = _hint(ext) if ext else ""
+        if not hint:
+            continue
+        fmt = formats.by_name(hint)
+        stem = name[: -len(ext)]
+        if getattr(fmt, "COMPANION_EXTENSIONS", ()) and not getattr(fmt, "RECORD_NAME_SUFFIX", None) \
+                and stem not in headers:
+            owners[stem] = (f, fmt)
+    return owners
 
 
 def _sniff_all(files: list[_File], readers: archives.ArchiveReader, disc: Discovery) -> list[tuple[_File, object]]:

@@ -236,3 +236,22 @@ def test_manifest_naming_vendor_files_and_archive_members(ecg_dir, tmp_path):
     assert [(r.record_id, r.format) for r in found] == [("a.xml", ""), ("drop.zip/wfdb/E07500", "wfdb")]
     assert all(r.fingerprint for r in found)
     assert [read_record(r.uri).format for r in found] == ["muse", "wfdb"]
+
+
+def test_sidecars_of_single_file_formats_are_companions(tmp_path, monkeypatch):
+    """A format may declare optional same-stem sidecars (MATLAB's ``<stem>.json`` rate/lead file):
+    they are companions, covered by the record's fingerprint, not skipped files."""
+    from scipy.io import savemat
+
+    from ecgembed.sources.formats import matlab
+
+    monkeypatch.setattr(matlab, "COMPANION_EXTENSIONS", (".json",), raising=False)
+    savemat(tmp_path / "A0001.mat", {"ECG": {"data": np.zeros((12, 5000)), "sex": "F", "age": 50}})
+    (tmp_path / "A0001.json").write_text('{"fs": 500}')
+    (tmp_path / "REFERENCE.csv").write_text("Recording,First_label\nA0001,1\n")
+    found = discover(str(tmp_path))
+    assert [(r.record_id, r.format) for r in found] == [("A0001.mat", "matlab")]
+    assert found.companions == 1 and found.skipped == {"unknown format": {".csv": 1}}
+    before = found[0].fingerprint
+    (tmp_path / "A0001.json").write_text('{"fs": 250}')
+    assert discover(str(tmp_path))[0].fingerprint != before
