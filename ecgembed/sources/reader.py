@@ -70,8 +70,8 @@ def header_uri(uri: str) -> str:
 def _as_ref(item) -> RecordRef:
     if isinstance(item, RecordRef):
         return item
-    uri, record_id = item       # version 1: (header URI, record id) pairs
-    primary, hint = resolve(uri, check_exists=False)
+    uri, record_id = item       # version 1: (URI, record id) pairs; an extension-less name is looked up
+    primary, hint = resolve(uri)
     return RecordRef(record_id, primary, storage.parent(primary), "", hint)
 
 
