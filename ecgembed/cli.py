@@ -53,16 +53,16 @@ def _inspect(args: argparse.Namespace) -> int:
 
     failures = 0
     for uri in args.uris:
-        many = uri.lower().endswith(".csv") or storage.isdir(uri)
-        found = discover(uri) if many else None
-        refs = [(r.uri, r.record_id) for r in getattr(found, "refs", found)] if many else [(uri, None)]
+        many = uri.lower().endswith((".csv", ".zip")) or storage.isdir(uri)
+        refs = [(r.uri, r.record_id) for r in discover(uri).refs] if many else [(uri, None)]
         for ref_uri, record_id in refs:
             try:
                 record = read_record(ref_uri, record_id)
                 leads = standard_leads(record)
                 flags = quality_flags(leads.signal, leads.fs, leads.derived)
                 row = {"record_id": record.record_id, "uri": storage.redact(record.uri), "status": "ok",
-                       "format": record.format, "stored_leads": record.sig_name, **flags.as_dict()}
+                       "format": record.format, "stored_leads": record.sig_name, **flags.as_dict(),
+                       "notes": record.notes}
                 if args.show_comments:
                     row.update(metadata=record.metadata, comments=record.comments)
             except ECGError as err:

@@ -27,6 +27,7 @@ from ecgembed.models.spec import LabelSetRun, ModelRun
 from ecgembed.plan import Capacity, Device, ModelPlan, decide_device, plan_models, read_capacity
 from ecgembed.progress import ProgressReporter
 from ecgembed.sources.discover import discover
+from ecgembed.sources.formats.base import Limits
 from ecgembed.stages import ModelStage, fault_hook_from_env, prepare
 from ecgembed.storage import redact
 from ecgembed.tables.commit import commit_run, read_runs, recover
@@ -63,13 +64,10 @@ def build(work: list[C.Work], plans: list[ModelPlan], class_features: dict[str, 
     return ds
 
 
-def _limits(config: RunConfig):
-    """The per-record limits of the reader, from the flags (None until the reader takes them)."""
-    try:
-        from ecgembed.sources.formats.base import Limits
-    except ImportError:
-        return None
-    return Limits.from_config(config) if hasattr(Limits, "from_config") else None
+def _limits(config: RunConfig) -> Limits:
+    """The reader's per-record limits, from the flags."""
+    return Limits.from_flags(max_object_mb=config.max_object_mb, max_signal_files=config.max_signal_files,
+                             max_record_seconds=config.max_record_seconds)
 
 
 @dataclass
@@ -109,14 +107,13 @@ def discover_all(config: RunConfig) -> Discovered:
     refs, by_format, skipped, summaries = [], {}, {}, []
     for uri in config.inputs:
         found = discover(uri, config.manifest_column)
-        refs.extend(getattr(found, "refs", found))
-        for fmt, n in getattr(found, "by_format", {}).items():
+        refs.extend(found.refs)
+        for fmt, n in found.by_format.items():
             by_format[fmt] = by_format.get(fmt, 0) + n
-        for reason, exts in getattr(found, "skipped", {}).items():
+        for reason, exts in found.skipped.items():
             for ext, n in exts.items():
                 skipped.setdefault(reason, {})[ext] = skipped.setdefault(reason, {}).get(ext, 0) + n
-        if hasattr(found, "summary"):
-            summaries.append(f"{redact(uri)}: {found.summary()}")
+        summaries.append(found.summary())
     by_id: dict[str, str] = {}
     for ref in refs:
         if ref.record_id in by_id and by_id[ref.record_id] != ref.uri:

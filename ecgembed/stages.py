@@ -29,6 +29,8 @@ from ecgembed.leads import standard_leads
 from ecgembed.models.registry import SPECS
 from ecgembed.plan import ModelPlan
 from ecgembed.preprocess import quality_flags
+from ecgembed.sources.discover import RecordRef
+from ecgembed.sources.formats.base import Limits
 from ecgembed.sources.reader import decode_raw, fetch_many
 from ecgembed.storage import redact, redact_text
 from ecgembed.tables.schemas import QUALITY
@@ -81,14 +83,17 @@ class _Outcome:
         self.cols[C.ERROR_MESSAGE][i] = message
 
 
-def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, progress=None,
+def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits: Limits = Limits(), progress=None,
             fault_hook: str | None = None) -> dict[str, np.ndarray]:
     """CPU stage: fetch (many requests in flight), decode, pick leads, flags, each needed model input."""
     out = _Outcome(batch, models)
     fault = _resolve(fault_hook) if fault_hook else None
     timings = {"fetch": 0.0, "decode": 0.0, "preprocess": 0.0}
     t0 = time.perf_counter()
-    raws = fetch_with_retries(list(zip(batch[C.URI].tolist(), batch[C.RECORD_ID].tolist())), limits)
+    refs = [RecordRef(rid, uri, "", fp, fmt) for rid, uri, fp, fmt in
+            zip(batch[C.RECORD_ID].tolist(), batch[C.URI].tolist(), batch[C.FINGERPRINT].tolist(),
+                batch[C.FORMAT].tolist())]
+    raws = fetch_with_retries(refs, limits)
     timings["fetch"] = time.perf_counter() - t0
     internal = 0
     for i, raw in enumerate(raws):
@@ -99,7 +104,8 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, 
             out.cols[C.CONTENT_SHA256][i] = raw.content_sha256
             t = time.perf_counter()
             step = "decode"
-            record = decode_raw(raw, limits) if limits is not None else decode_raw(raw)
+            record = decode_raw(raw, limits)
+            out.cols[C.FORMAT][i] = record.format
             step = "leads"
             if fault is not None:
                 fault(step, str(batch[C.RECORD_ID][i]))
@@ -107,11 +113,11 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, 
             timings["decode"] += time.perf_counter() - t
             t = time.perf_counter()
             step = "quality"
-            flags = quality_flags(leads.signal, leads.fs, leads.derived).as_dict()
+            flags = quality_flags(leads.signal, leads.fs, leads.derived, uri=record.uri).as_dict()
             for name in QUALITY_COLUMNS:
                 value = flags[name]
                 out.cols[name][i] = ",".join(value) if isinstance(value, tuple) else value
-            out.cols[C.NOTES][i] = ",".join(getattr(record, "notes", ()) or ())
+            out.cols[C.NOTES][i] = ",".join(record.notes)
             for spec in out.specs:
                 if out.cols[C.needs(spec)][i]:
                     step = f"{spec.name} input"
@@ -137,16 +143,15 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, 
     return out.cols
 
 
-def fetch_with_retries(refs: list[tuple[str, str]], limits=None) -> list:
+def fetch_with_retries(refs: list[RecordRef], limits: Limits) -> list:
     """:func:`fetch_many`, retrying records whose fetch failed transiently (network, storage)."""
-    fetch = (lambda r: fetch_many(r, limits)) if limits is not None else fetch_many
-    results = fetch(refs)
+    results = fetch_many(refs, limits)
     for delay in FETCH_BACKOFF_S[: FETCH_ATTEMPTS - 1]:
         again = [i for i, r in enumerate(results) if isinstance(r, ECGError) and r.error_type == "fetch_failed"]
         if not again:
             break
         time.sleep(delay)
-        for i, result in zip(again, fetch([refs[i] for i in again])):
+        for i, result in zip(again, fetch_many([refs[i] for i in again], limits)):
             results[i] = result
     return results
 
