@@ -119,15 +119,31 @@ def child(folder: str, name: str) -> str:
 
 
 def parent(uri: str) -> str:
-    """The folder/prefix containing a file URI."""
+    """The folder/prefix containing a file URI (an http(s) URL's query string is not part of it)."""
     if "://" in uri:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.scheme in ("http", "https"):
+            return urllib.parse.urlunsplit((parts.scheme, parts.netloc, posixpath.dirname(parts.path), "", ""))
         scheme, rest = uri.split("://", 1)
         return f"{scheme}://{posixpath.dirname(rest)}"
     return os.path.dirname(os.path.abspath(uri))
 
 
 def basename(uri: str) -> str:
-    return posixpath.basename(uri.rstrip("/")) if "://" in uri else os.path.basename(uri)
+    """The file name of a URI (an http(s) URL's query string is not part of it)."""
+    if "://" in uri:
+        parts = urllib.parse.urlsplit(uri)
+        path = parts.path if parts.scheme in ("http", "https") else uri.split("://", 1)[1]
+        return posixpath.basename(path.rstrip("/"))
+    return os.path.basename(uri)
+
+
+def with_suffix(uri: str, suffix: str) -> str:
+    """``uri`` with ``suffix`` appended to its file name (before an http(s) query string)."""
+    parts = urllib.parse.urlsplit(uri) if "://" in uri else None
+    if parts is not None and parts.scheme in ("http", "https") and parts.query:
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path + suffix, parts.query, parts.fragment))
+    return uri + suffix
 
 
 _SECRET_PARAM = re.compile(r"(?i)(^x-amz-(signature|credential|security-token)$|^x-goog-(signature|credential)$|"

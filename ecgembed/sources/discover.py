@@ -42,6 +42,7 @@ import csv
 import hashlib
 import io
 import os
+import urllib.parse
 import posixpath
 from dataclasses import dataclass, field
 
@@ -404,7 +405,11 @@ def _from_manifest(csv_uri: str, column: str | None) -> Discovery:
         listed_ref = by_uri.get(primary)
         if listed_ref is not None:
             hint = listed_ref.format or hint
-        shown = primary.split("://", 1)[1] if absolute else primary[len(root):].lstrip("/\\").replace(os.sep, "/")
+        if absolute:    # host + path: never the userinfo or a (signed) query string
+            parts = urllib.parse.urlsplit(storage.redact(primary))
+            shown = parts.netloc + parts.path
+        else:
+            shown = primary[len(root):].lstrip("/\\").replace(os.sep, "/")
         record_id = record_id_for(shown.replace("!/", "/"), hint)
         ref = RecordRef(record_id, primary, root, listed_ref.fingerprint if listed_ref else "", hint)
         if record_id not in refs:

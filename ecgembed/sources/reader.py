@@ -55,7 +55,7 @@ def resolve(uri: str, check_exists: bool = True) -> tuple[str, str]:
     for fmt in formats.FORMATS:
         suffix = getattr(fmt, "RECORD_NAME_SUFFIX", None)
         if suffix:
-            return uri + suffix, fmt.NAME
+            return storage.with_suffix(uri, suffix), fmt.NAME
     return uri, ""
 
 
