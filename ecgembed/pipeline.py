@@ -42,14 +42,16 @@ def new_run_id(now: datetime) -> str:
 
 
 def build(work: list[C.Work], plans: list[ModelPlan], class_features: dict[str, list], config: RunConfig,
-          progress=None):
+          progress=None, refs=()):
     """The Ray Data graph: manifest -> prepare (CPU tasks) -> one actor pool per model."""
     runs = [p.run for p in plans]
     blocks = max(1, min(math.ceil(len(work) / config.records_per_task), 10_000))
-    ds = ray.data.from_arrow(C.manifest(work, runs)).repartition(blocks)   # a small manifest is one block: split it
+    attributes = {ref.record_id: dict(ref.attributes) for ref in refs} if config.manifest_columns else None
+    ds = ray.data.from_arrow(C.manifest(work, runs, attributes, config.manifest_columns)).repartition(blocks)
     ds = ds.map_batches(
         prepare, fn_kwargs={"models": tuple(r.name for r in runs), "limits": _limits(config), "progress": progress,
-                            "fault_hook": fault_hook_from_env("ECGEMBED_PREPARE_FAULT_HOOK")},
+                            "fault_hook": fault_hook_from_env("ECGEMBED_PREPARE_FAULT_HOOK"),
+                            "metadata": tuple(config.metadata)},
         batch_size=config.records_per_task, num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=config.cpu_tasks) if config.cpu_tasks else None,
     )
@@ -106,7 +108,9 @@ def discover_all(config: RunConfig) -> Discovered:
     file reachable under two record ids (overlapping inputs) is processed once and reported."""
     refs, by_format, skipped, summaries = [], {}, {}, []
     for uri in config.inputs:
-        found = discover(uri, config.manifest_column)
+        if config.manifest_columns and not uri.lower().endswith(".csv"):
+            raise ConfigError(f"--manifest-columns needs manifest CSV inputs; {redact(uri)} is not one")
+        found = discover(uri, config.manifest_column, tuple(config.manifest_columns))
         refs.extend(found.refs)
         for fmt, n in found.by_format.items():
             by_format[fmt] = by_format.get(fmt, 0) + n
@@ -262,7 +266,7 @@ def _execute(config, run_id, started, found, work, resolved, lock, say, recovere
     t0 = time.monotonic()
     with ProgressReporter(len(work), tuple(p.run.name for p in plans), config.progress_interval_s,
                           log=log_line_of(say)) as progress:
-        ds = build(work, plans, resolved.class_features, config, progress.counter)
+        ds = build(work, plans, resolved.class_features, config, progress.counter, found.refs)
         sink = EcgTablesDatasink(config.output, run_id, tuple(resolved.runs), config.rows_per_file)
         ds.write_datasink(sink)
         stats = progress.stats()

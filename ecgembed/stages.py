@@ -72,6 +72,8 @@ class _Outcome:
         for key, values in batch.items():          # what the ledger decided passes through
             if key.startswith(("needs_", "embed_", "score_")):
                 self.cols[key] = np.asarray(values, dtype=bool)
+            elif key.startswith(C.attribute("")):
+                self.cols[key] = np.asarray(values, dtype=object)
         self.specs = [SPECS[m] for m in models]
         for spec in self.specs:
             self.cols[C.model_input(spec)] = np.zeros((n, *spec.input_shape), np.float32)
@@ -84,9 +86,14 @@ class _Outcome:
 
 
 def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits: Limits = Limits(), progress=None,
-            fault_hook: str | None = None) -> dict[str, np.ndarray]:
-    """CPU stage: fetch (many requests in flight), decode, pick leads, flags, each needed model input."""
+            fault_hook: str | None = None, metadata: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """CPU stage: fetch (many requests in flight), decode, pick leads, flags, each needed model input.
+
+    ``metadata``: the fields of the files' own metadata the user opted in to (``--metadata``).
+    """
     out = _Outcome(batch, models)
+    for field in metadata:
+        out.cols[C.metadata(field)] = np.full(out.n, "", dtype=object)
     fault = _resolve(fault_hook) if fault_hook else None
     timings = {"fetch": 0.0, "decode": 0.0, "preprocess": 0.0}
     t0 = time.perf_counter()
@@ -106,6 +113,8 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits: Limit
             step = "decode"
             record = decode_raw(raw, limits)
             out.cols[C.FORMAT][i] = record.format
+            for field in metadata:
+                out.cols[C.metadata(field)][i] = str(record.metadata.get(field, ""))
             step = "leads"
             if fault is not None:
                 fault(step, str(batch[C.RECORD_ID][i]))

@@ -66,6 +66,7 @@ class RecordRef:
     input_root: str       # the input this record was found under
     fingerprint: str      # digest of the listing entries of the record's files ("" if not listed)
     format: str = ""      # the format when known before fetching (extension or sniff), else ""
+    attributes: tuple[tuple[str, str], ...] = ()   # manifest columns asked for (--manifest-columns)
 
 
 @dataclass
@@ -119,12 +120,16 @@ def record_id_for(rel: str, fmt_name: str) -> str:
     return rel
 
 
-def discover(input_uri: str, manifest_column: str | None = None) -> Discovery:
-    """Every record under ``input_uri`` (folder, prefix, one file, a ``.zip``, or a ``*.csv`` manifest)."""
+def discover(input_uri: str, manifest_column: str | None = None, attributes: tuple[str, ...] = ()) -> Discovery:
+    """Every record under ``input_uri`` (folder, prefix, one file, a ``.zip``, or a ``*.csv`` manifest).
+
+    ``attributes``: manifest CSV columns to carry with each record (``RecordRef.attributes``);
+    every one must exist in the manifest. Other inputs have no attributes.
+    """
     input_uri = os.fspath(input_uri)
     lowered = input_uri.lower()
     if lowered.endswith(".csv"):
-        return _from_manifest(input_uri, manifest_column)
+        return _from_manifest(input_uri, manifest_column, attributes)
     name = storage.basename(input_uri)
     ext = os.path.splitext(name)[1].lower()
     if archives.is_archive(name):
@@ -372,7 +377,7 @@ def _single_archive(uri: str) -> Discovery:
     return disc
 
 
-def _from_manifest(csv_uri: str, column: str | None) -> Discovery:
+def _from_manifest(csv_uri: str, column: str | None, attributes: tuple[str, ...] = ()) -> Discovery:
     try:
         text = storage.read(csv_uri, 1 << 30).decode("utf-8-sig")
     except FileNotFoundError:
@@ -383,6 +388,10 @@ def _from_manifest(csv_uri: str, column: str | None) -> Discovery:
         column = next((c for c in MANIFEST_COLUMNS if c in fields), None)
         if column is None and len(fields) == 1:
             column = fields[0]
+    missing = [a for a in attributes if a not in fields]
+    if missing:
+        raise ConfigError(f"manifest {storage.redact(csv_uri)!r}: --manifest-columns {', '.join(missing)} not in its "
+                          f"columns ({', '.join(fields) or 'none'})")
     if column is None or column not in fields:
         raise ConfigError(f"manifest {storage.redact(csv_uri)!r}: no record-path column (looked for "
                           f"{column or ', '.join(MANIFEST_COLUMNS)}; columns are {', '.join(fields) or 'none'})")
@@ -411,7 +420,8 @@ def _from_manifest(csv_uri: str, column: str | None) -> Discovery:
         else:
             shown = primary[len(root):].lstrip("/\\").replace(os.sep, "/")
         record_id = record_id_for(shown.replace("!/", "/"), hint)
-        ref = RecordRef(record_id, primary, root, listed_ref.fingerprint if listed_ref else "", hint)
+        ref = RecordRef(record_id, primary, root, listed_ref.fingerprint if listed_ref else "", hint,
+                        tuple((a, (row.get(a) or "").strip()) for a in attributes))
         if record_id not in refs:
             refs[record_id] = ref
             key = hint or "?" + (_ext(primary) or "(none)")
