@@ -310,6 +310,9 @@ def history(runs: list[dict], current: str, nights: int = 90) -> Figure:
         bottom.plot(rx, [r[1] for r in rates], "o-", color="#333333", markersize=3)
         now = [i for i, r in enumerate(rates) if r[2]]
         bottom.plot(rx[now], [rates[i][1] for i in now], "o", color=ERROR_COLOUR, markersize=6)
+    else:
+        bottom.text(0.5, 0.5, "no run recorded a steady rate (too few records to measure one)", ha="center",
+                    va="center", color="#555555", transform=bottom.transAxes)
     bottom.set_ylabel("rec/s steady")
     locator = AutoDateLocator()
     bottom.xaxis.set_major_locator(locator)
