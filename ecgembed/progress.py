@@ -13,7 +13,9 @@ thread reads it and shows
 
 The rate is measured over the last minute of completed records (a steady state: Ray start-up
 and model loading are not in it); a record is complete when it has left the last model stage.
-The same counters become the run statistics stored with the run (:meth:`ProgressReporter.stats`).
+The same counters become the run statistics stored with the run (:meth:`ProgressReporter.stats`),
+with every refresh's ``[seconds, done, failed]`` (thinned to at most TIMELINE_POINTS) for the
+throughput plot of ``ecgembed report``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from datetime import timedelta
 import ray
 
 RATE_WINDOW_S = 60.0
+TIMELINE_POINTS = 500      # progress samples kept in the run statistics (the report's throughput plot)
 
 
 @ray.remote(num_cpus=0)
@@ -61,6 +64,8 @@ class ProgressReporter:
         self.first_done: float | None = None     # when the first record completed ...
         self.first_done_count = 0                # ... and how many completed then
         self._samples: deque[tuple[float, int]] = deque()
+        self._timeline: list[list] = [[0.0, 0, 0]]   # [seconds since start, done, failed], every _stride-th refresh
+        self._stride, self._refreshes, self._latest = 1, 0, None
         self._counts: dict = {}
         self._bar_shown = False
         self._lock = threading.Lock()
@@ -101,10 +106,27 @@ class ProgressReporter:
         if done and self.first_done is None:
             self.first_done, self.first_done_count = now, done
         self._samples.append((now, done))
+        self._add_to_timeline(now, done, counts)
         while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
             self._samples.popleft()
         self._counts = counts
         return counts
+
+    def _add_to_timeline(self, now: float, done: int, counts: dict) -> None:
+        """Keep every ``_stride``-th sample; when more than TIMELINE_POINTS, drop every other one and
+        double the stride, so the kept samples stay evenly spread over the whole run."""
+        failed = counts.get("failed", 0) + sum(counts.get(f"{m}_failed", 0) for m in self.models)
+        self._latest = [round(now - self.started, 2), done, failed]
+        self._refreshes += 1
+        if self._refreshes % self._stride == 0:
+            self._timeline.append(self._latest)
+            if len(self._timeline) > TIMELINE_POINTS:
+                self._timeline, self._stride = self._timeline[::2], self._stride * 2
+
+    def timeline(self) -> list[list]:
+        """The kept samples and the latest one: ``[seconds since start, done, failed]``."""
+        tail = [self._latest] if self._latest is not None and self._latest is not self._timeline[-1] else []
+        return [list(sample) for sample in self._timeline + tail]
 
     def line(self, bar: bool = False) -> str:
         counts = self._counts
@@ -188,4 +210,5 @@ class ProgressReporter:
             "errors_by_stage": dict(sorted(by_stage.items())),
             "records_per_s_steady": round(steady, 3),
             "seconds_to_first_record": round(self.first_done - self.started, 3) if self.first_done else None,
+            "timeline": self.timeline(),     # [seconds, done, failed], evenly thinned
         }
