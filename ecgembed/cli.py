@@ -92,6 +92,16 @@ def _sql(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    """Write the self-contained HTML report of a committed run."""
+    from ecgembed.report import write_report
+    from ecgembed.storage import redact
+
+    where = write_report(args.output, dest=args.out, run_id=args.run)
+    print(f"ecgembed: report written to {redact(where)}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _weights_pull(args: argparse.Namespace) -> int:
     """Stage the pinned weights in a folder or bucket for clusters without internet."""
     from ecgembed.storage import redact
@@ -134,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--show-comments", action="store_true",
                          help="also print header comments and metadata (may hold patient data)")
     inspect.set_defaults(func=_inspect)
+    report = sub.add_parser(
+        "report", help="write a self-contained HTML report of a run (plots of throughput, errors, quality, scores)",
+        description="Example: ecgembed report s3://hospital-ml/ecgembed/ --out night.html")
+    report.add_argument("output", help="the --output of the runs")
+    report.add_argument("--run", metavar="ID", help="the run to report (default: the newest committed run)")
+    report.add_argument("--out", metavar="PATH", help="file or folder to write (default: OUTPUT/_reports/<run>.html)")
+    report.set_defaults(func=_report)
     weights = sub.add_parser(
         "weights", help="stage model weights for clusters without internet",
         description="Example: ecgembed weights pull s3://hospital-ml/ecgembed-weights/")
