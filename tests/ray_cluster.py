@@ -166,19 +166,33 @@ class LocalRayCluster:
         proc = subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         return node, proc
 
-    def _settle(self, node: Node, proc: subprocess.Popen, timeout_s: float) -> Node:
-        """Wait for ``ray start`` to succeed and the GCS to list the node alive."""
+    def _settle(self, node: Node, proc: subprocess.Popen, timeout_s: float, relaunch=None) -> Node:
+        """Wait for ``ray start`` to succeed and the GCS to list the node alive.
+
+        ``ray start`` gives a raylet 30 s (fixed in Ray) to register; on a machine loaded by
+        other work that can run out, so a node that timed out is removed and started once more
+        (``relaunch``).
+        """
         try:
             out, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise RuntimeError(f"ray start of {node.name} took over {timeout_s:g}s") from None
         if proc.returncode != 0:
+            if relaunch is not None and "timed out during startup" in out:
+                self._discard(node)
+                return self._settle(*relaunch(), timeout_s)
             raise RuntimeError(f"ray start of {node.name} failed ({proc.returncode}):\n{out[-3000:]}")
         if node.head:
             self._wait_for_job_api(timeout_s)
         node.node_id = self._wait_for_node(node, timeout_s)
         return node
+
+    def _discard(self, node: Node) -> None:
+        """Stop what a failed ``ray start`` left running and forget the node."""
+        stop_processes([node.temp_dir])
+        shutil.rmtree(node.temp_dir, ignore_errors=True)
+        self.nodes.remove(node)
 
     def start_head(self, num_cpus: float = 0, resources: dict[str, float] | None = None,
                    timeout_s: float = 180) -> Node:
@@ -189,13 +203,18 @@ class LocalRayCluster:
         declared dead after ~5 s instead of ~15 s; the timeout per check stays Ray's 10 s.
         """
         assert not self.nodes, "the head is the first node"
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
-        ports = {"--port": self.gcs_port, "--dashboard-port": self.dashboard_port,
-                 "--ray-client-server-port": free_port(), **self._node_ports()}
-        args = ["--head", f"--num-cpus={num_cpus:g}", "--num-gpus=0", "--include-dashboard=true",
-                "--dashboard-host=127.0.0.1", f"--resources={json.dumps({**(resources or {}), marker('head'): 1})}",
-                "--system-config=" + json.dumps({"health_check_period_ms": 1000})]
-        return self._settle(*self._launch("head", True, args, ports, num_cpus, resources), timeout_s)
+
+        def launch():
+            self.gcs_port, self.dashboard_port = free_port(), free_port()
+            ports = {"--port": self.gcs_port, "--dashboard-port": self.dashboard_port,
+                     "--ray-client-server-port": free_port(), **self._node_ports()}
+            args = ["--head", f"--num-cpus={num_cpus:g}", "--num-gpus=0", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1",
+                    f"--resources={json.dumps({**(resources or {}), marker('head'): 1})}",
+                    "--system-config=" + json.dumps({"health_check_period_ms": 1000})]
+            return self._launch("head", True, args, ports, num_cpus, resources)
+
+        return self._settle(*launch(), timeout_s, relaunch=launch)
 
     def _launch_worker(self, num_cpus: float, resources: dict[str, float] | None, name: str):
         args = [f"--address={self.address}", f"--num-cpus={num_cpus:g}", "--num-gpus=0",
@@ -205,14 +224,17 @@ class LocalRayCluster:
     def add_worker(self, num_cpus: float = 1, resources: dict[str, float] | None = None,
                    name: str | None = None, timeout_s: float = 180) -> Node:
         """A worker node joined to the head (no dashboard; its agent still reports its tasks)."""
-        return self._settle(*self._launch_worker(num_cpus, resources, name or f"worker{len(self.nodes)}"), timeout_s)
+        name = name or f"worker{len(self.nodes)}"
+        return self._settle(*self._launch_worker(num_cpus, resources, name), timeout_s,
+                            relaunch=lambda: self._launch_worker(num_cpus, resources, name))
 
     def add_workers(self, count: int, num_cpus: float = 1, resources: dict[str, float] | None = None,
                     timeout_s: float = 180) -> list[Node]:
         """``count`` worker nodes ``worker1``, ``worker2``..., started side by side."""
-        first = len(self.workers) + 1
-        launched = [self._launch_worker(num_cpus, resources, f"worker{first + i}") for i in range(count)]
-        return [self._settle(node, proc, timeout_s) for node, proc in launched]
+        names = [f"worker{len(self.workers) + 1 + i}" for i in range(count)]
+        launched = [self._launch_worker(num_cpus, resources, name) for name in names]
+        return [self._settle(node, proc, timeout_s, relaunch=lambda n=name: self._launch_worker(num_cpus, resources, n))
+                for (node, proc), name in zip(launched, names)]
 
     def restart(self, node: Node, timeout_s: float = 180) -> Node:
         """A fresh node (new temp dir and ports) with the same resources as a killed one."""
