@@ -59,7 +59,11 @@ class ProgressReporter:
         self.stream = stream or sys.stderr
         self.tty = stderr_is_tty() if stream is None else bool(getattr(stream, "isatty", lambda: False)())
         self._log = log
-        self.counter = ProgressCounter.remote()
+        # on the driver's node: losing a worker node must not lose the counters
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.counter = ProgressCounter.options(scheduling_strategy=here).remote()
         self.started = time.monotonic()
         self.first_done: float | None = None     # when the first record completed ...
         self.first_done_count = 0                # ... and how many completed then
@@ -85,10 +89,13 @@ class ProgressReporter:
 
     # ---- what the counters say -------------------------------------------------------------------
     def done(self, counts: dict) -> int:
-        """Records that left the last stage (every row passes every model stage, errors included)."""
-        if not self.models:
-            return counts.get("read", 0)
-        return counts.get(f"{self.models[-1]}_rows", 0)
+        """Records that left the last stage (every row passes every model stage, errors included).
+
+        Capped at the total: when a node is lost, Ray re-runs the tasks whose outputs died with it,
+        and those count again (the committed tables hold each record once whatever the counters say).
+        """
+        key = f"{self.models[-1]}_rows" if self.models else "read"
+        return min(counts.get(key, 0), self.total)
 
     def rate(self) -> float:
         """Records/s over the last RATE_WINDOW_S seconds of completions (0 until two samples)."""
