@@ -267,7 +267,7 @@ def _execute(config, run_id, started, found, work, resolved, lock, say, recovere
     with ProgressReporter(len(work), tuple(p.run.name for p in plans), config.progress_interval_s,
                           log=log_line_of(say)) as progress:
         ds = build(work, plans, resolved.class_features, config, progress.counter, found.refs)
-        sink = EcgTablesDatasink(config.output, run_id, tuple(resolved.runs), config.rows_per_file)
+        sink = EcgTablesDatasink(config.output, run_id, tuple(p.run for p in plans), config.rows_per_file)
         ds.write_datasink(sink)
         stats = progress.stats()
     t_commit = time.monotonic()

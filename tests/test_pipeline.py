@@ -44,7 +44,7 @@ def test_job_from_s3_to_s3_read_back_with_duckdb(ecg_dir, s3, ray_local, conform
     discovered = manifest["discovered"]
     from ecgembed.sources import discover
 
-    assert discovered == len(discover(archive).refs) == len(list(ecg_dir.rglob("*.hea"))) + 2 + 15  # + 15 vendor files
+    assert discovered == len(discover(archive).refs) == len(list(ecg_dir.rglob("*.hea"))) + 2 + 13  # + 13 vendor files
     con = _duckdb(s3)
     errors = {m: con.execute(f"select count(*) from {_table(output, 'errors')} where model is null or model = ?",
                              [m]).fetchall()[0][0] for m in ("melp", "ecgfm-ked")}
@@ -61,7 +61,11 @@ def test_job_from_s3_to_s3_read_back_with_duckdb(ecg_dir, s3, ray_local, conform
                                  max(array_cosine_similarity(a.embedding::FLOAT[256], b.embedding::FLOAT[256]))
                           from {_table(output, MELP_TABLE)} a join {_table(output, MELP_TABLE)} b
                           on a.record_id < b.record_id""").fetchall()[0]
-    assert cos[0] == pytest.approx(1.0, abs=1e-5) and cos[1] < 1.0
+    assert cos[0] == pytest.approx(1.0, abs=1e-5) and cos[1] <= 1.0 + 1e-6
+    # different ECGs, different vectors: only the cross-format twins (the same recording exported as
+    # aECG, DICOM and SCP; two Philips files with the same rhythm data) share one
+    distinct, total = con.execute(f"select count(distinct embedding), count(*) from {_table(output, MELP_TABLE)}").fetchall()[0]
+    assert total - distinct <= 3
     # zero-shot scores: one row per embedded record x class, for each chosen label set
     scores = dict(con.execute(f"""select label_set, count(*) from {_table(output, 'zero_shot_scores')}
                                   group by label_set""").fetchall())
@@ -123,7 +127,10 @@ def test_precision_is_part_of_the_version_so_switching_it_re_embeds(ecg_dir, ray
             (archive / f"{name}{ext}").write_bytes((ecg_dir / "cinc2021_torch-ecg" / f"{name}{ext}").read_bytes())
     config = dict(inputs=[str(archive)], output=str(tmp_path / "out"), stand_in=True, labels=["cpsc2018"])
     bf16 = run(RunConfig(precision="bf16", **config))
-    assert bf16["models"]["melp"]["model_version"].startswith("stand-in:melp") and "+bf16" in bf16["models"]["melp"]["model_version"]
+    versions = {name: m["model_version"] for name, m in bf16["models"].items()}
+    # MELP's bf16 policy changes its numbers (a new version); ECGFM-KED runs fp32 under both (same version)
+    assert versions["melp"].startswith("stand-in:melp") and versions["melp"].endswith("+bf16-fp32front")
+    assert "+bf16" not in versions["ecgfm-ked"]
     con = _duckdb()
     got = con.execute(f"SELECT DISTINCT model_version FROM {_table(tmp_path / 'out', MELP_TABLE)}").fetchall()
     assert got == [(bf16["models"]["melp"]["model_version"],)]

@@ -56,7 +56,8 @@ class Option:
 
 
 class JobModel(Protocol):
-    """What an actor holds: a loaded model that embeds a batch (numpy in, numpy out)."""
+    """What an actor holds: a loaded model that embeds a batch (numpy in, numpy out). The model
+    packages' torch modules (``MELP``, ``ECGFMKED``) are such objects."""
 
     def to_device(self, class_features: list[np.ndarray]) -> list: ...
 

@@ -8,29 +8,13 @@ features computed on the driver (cached per checkpoint, text model and label set
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ecgembed.models import standin
 from ecgembed.models.spec import STAND_IN, ModelSpec, Option, Vector
 from ecgembed.preprocess import KED_PREPROC_VERSION, KED_SAMPLES, ked_input
 
 from .config import DEFAULT_TEXT_MODEL, DEFAULT_WEIGHTS_URI
-
-_TAGS = {"fp32": "", "bf16": "+bf16"}
-
-
-class KedJobModel:
-    """A loaded ECGFM-KED for an actor: numpy (B, 12, 1000) in, embedding and scores out."""
-
-    def __init__(self, model, device: str, precision: str):
-        self.model, self.device, self.bf16 = model, torch.device(device), precision == "bf16"
-
-    def to_device(self, class_features: list[np.ndarray]) -> list[torch.Tensor]:
-        return [torch.as_tensor(np.array(f, np.float32), device=self.device) for f in class_features]
-
-    def embed(self, x: np.ndarray, class_features: list) -> dict:
-        return self.model.embed_label_sets(x, class_features, autocast_bf16=self.bf16)
-
+from .model import precision_tag
 
 class KedSpec(ModelSpec):
     name = "ecgfm-ked"
@@ -49,13 +33,13 @@ class KedSpec(ModelSpec):
 
     def version(self, weights: str, precision: str = "fp32") -> str:
         if weights == STAND_IN:
-            return standin.version(self.name) + _TAGS[precision]
+            return standin.version(self.name) + precision_tag(precision)
         from ecgembed import weights as W
 
         from .checkpoint import fetch_checkpoint
 
         sha = W.expected_sha256(weights) or fetch_checkpoint(weights).sha256   # a pulled folder's lock: no download
-        return sha + _TAGS[precision]
+        return sha + precision_tag(precision)
 
     def scores(self, options: dict) -> bool:
         return True
@@ -75,15 +59,14 @@ class KedSpec(ModelSpec):
 
         return [np.array(class_features(ls, weights, options.get("text_model"))) for ls in label_sets]
 
-    def load(self, weights: str, device: str, precision: str = "fp32") -> KedJobModel:
+    def load(self, weights: str, device: str, precision: str = "fp32"):
+        """The ECGFM-KED module itself: ``to_device(features)`` and ``embed(x, features)`` with the scores."""
         from .model import ECGFMKED, load_ked
 
         if weights == STAND_IN:
-            model = standin.init_(ECGFMKED(model_version=self.version(weights, precision))).eval().to(device)
-        else:
-            model = load_ked(weights, device=device)
-            model.model_version += _TAGS[precision]
-        return KedJobModel(model, device, precision)
+            model = ECGFMKED(model_version=standin.version(self.name), precision=precision)
+            return standin.init_(model).eval().to(device)
+        return load_ked(weights, device=device, precision=precision)
 
 
 SPEC = KedSpec()

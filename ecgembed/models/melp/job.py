@@ -20,26 +20,9 @@ from ecgembed.models.spec import STAND_IN, ModelSpec, Option, Vector
 from ecgembed.preprocess import MELP_PREPROC_VERSION, MELP_SAMPLES, melp_input
 
 from .config import MELPConfig
+from .embedder import precision_tag
 from .load import DEFAULT_WEIGHTS_URI, resolve_weights_uri
-from .text import TOKENIZER_FILES, zero_shot_scores
-
-_TAGS = {"fp32": "", "bf16": "+bf16"}
-
-
-class MelpJobModel:
-    """A loaded MELP for an actor: numpy (B, 12, 5000) in, vectors and scores out."""
-
-    def __init__(self, model, device: str):
-        self.model, self.device = model, torch.device(device)
-
-    def to_device(self, class_features: list[np.ndarray]) -> list[torch.Tensor]:
-        return [torch.as_tensor(np.array(f, np.float32), device=self.device) for f in class_features]
-
-    def embed(self, x: np.ndarray, class_features: list) -> dict:
-        got = self.model.embed(x)
-        embedding = torch.from_numpy(got["embedding"]).to(self.device)
-        return {"embedding": got["embedding"], "probe_embedding": got["probe_embedding"],
-                "scores": [zero_shot_scores(embedding, f).cpu().numpy() for f in class_features]}
+from .text import TOKENIZER_FILES
 
 
 class MelpSpec(ModelSpec):
@@ -64,10 +47,10 @@ class MelpSpec(ModelSpec):
 
     def version(self, weights: str, precision: str = "fp32") -> str:
         if weights == STAND_IN:
-            return standin.version(self.name) + _TAGS[precision]
+            return standin.version(self.name) + precision_tag(precision)
         file_uri, _ = resolve_weights_uri(weights)
         sha = W.expected_sha256(file_uri) or W.fetch(file_uri).sha256   # a pulled folder's lock: no download
-        return sha + _TAGS[precision]
+        return sha + precision_tag(precision)
 
     def scores(self, options: dict) -> bool:
         return bool(options.get("text_weights"))
@@ -94,18 +77,15 @@ class MelpSpec(ModelSpec):
         with torch.inference_mode():
             return [tower.encode(ls.texts).float().cpu().numpy() for ls in label_sets]
 
-    def load(self, weights: str, device: str, precision: str = "fp32") -> MelpJobModel:
+    def load(self, weights: str, device: str, precision: str = "fp32"):
+        """The MELP module itself: ``to_device(features)`` and ``embed(x, features)`` with the scores."""
         from .embedder import MELP, load_melp
         from .model import MELPEncoder
 
-        bf16 = precision == "bf16"
         if weights == STAND_IN:
             encoder = standin.init_(MELPEncoder(MELPConfig()))
-            model = MELP(encoder, self.version(weights, precision), autocast_bf16=bf16).eval().to(device)
-        else:
-            model = load_melp(weights, device=device, autocast_bf16=bf16)
-            model.model_version += _TAGS[precision]
-        return MelpJobModel(model, device)
+            return MELP(encoder, standin.version(self.name), precision=precision).eval().to(device)
+        return load_melp(weights, device=device, precision=precision)
 
 
 SPEC = MelpSpec()
