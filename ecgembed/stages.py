@@ -1,165 +1,211 @@
-"""The per-batch work of the Ray Data graph: a CPU function and one callable class per model.
+"""The per-batch work of the Ray Data graph: one CPU function and one model-stage class.
 
 Each stage returns a row for every row it receives (img2dataset style): a record that fails
-keeps flowing with ``status = "error"`` and its error fields set, and the writer routes it to
-the ``errors/`` table. Model stages run their model only on the rows that are still ok. There
-is no model math here: stages call the model packages' ``embed``.
+keeps flowing with ``status = "error"`` and the step that failed, and the writer routes it to
+the ``errors`` table. Column names are those of :mod:`ecgembed.columns`. There is no model math
+here: a model stage calls its spec's ``load`` once and the loaded model's ``embed`` per batch.
 
-Columns between stages (numpy batches):
-``record_id, source_uri, content_sha256, status, error_stage, error_type, error_message``,
-the quality flags of :class:`ecgembed.preprocess.QualityFlags` (``flat_leads`` and
-``derived_leads`` as comma-joined strings), ``melp_input`` (B, 12, 5000) and ``ked_input``
-(B, 12, 1000) until the model that consumes them, then ``melp_embedding``, ``melp_probe``,
-``melp_scores_<i>``, ``ked_embedding``, ``ked_scores_<i>`` and per-model ``<m>_error_type``
-and ``<m>_error`` (empty when the model succeeded).
+**No record can stop a run.** ``prepare`` runs each record through named steps (fetch, decode,
+leads, quality, then one input per model that needs it). An :class:`ECGError` becomes the
+record's error row with its ``error_type``; any other exception is a bug in ecgembed or a
+library and becomes ``internal_error``, recorded with the exception type and where it was
+raised but never its message (a message can quote file content) and counted in the run
+summary, so a bug is visible rather than silent.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+import traceback
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from ecgembed import columns as C
 from ecgembed.errors import ECGError
 from ecgembed.leads import standard_leads
-from ecgembed.preprocess import KED_SAMPLES, MELP_SAMPLES, ked_input, melp_input, quality_flags
-from ecgembed.sources.reader import decode_raw, fetch_many, header_uri
+from ecgembed.models.registry import SPECS
+from ecgembed.plan import ModelPlan
+from ecgembed.preprocess import quality_flags
+from ecgembed.sources.reader import decode_raw, fetch_many
+from ecgembed.storage import redact
 from ecgembed.tables.schemas import QUALITY
 
 QUALITY_COLUMNS = tuple(f.name for f in QUALITY)          # the schema module owns the names and types
 _QUALITY_DTYPES = {f.name: f.type.to_pandas_dtype() for f in QUALITY if not pa.types.is_list(f.type)}
 
-
-def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], progress=None) -> dict[str, np.ndarray]:
-    """CPU stage: fetch (many requests in flight), decode, pick leads, both model inputs, flags."""
-    refs = list(zip(batch["uri"].tolist(), batch["record_id"].tolist()))
-    n = len(refs)
-    out: dict[str, np.ndarray] = {
-        "record_id": np.array([r for _, r in refs], dtype=object),
-        "fingerprint": np.asarray(batch["fingerprint"], dtype=object),
-        "source_uri": np.array([header_uri(u) for u, _ in refs], dtype=object),
-        "content_sha256": np.full(n, "", dtype=object),
-        "status": np.full(n, "ok", dtype=object),
-        "error_stage": np.full(n, "", dtype=object),
-        "error_type": np.full(n, "", dtype=object),
-        "error_message": np.full(n, "", dtype=object),
-    }
-    for name in QUALITY_COLUMNS:
-        out[name] = np.zeros(n, _QUALITY_DTYPES[name]) if name in _QUALITY_DTYPES else np.full(n, "", dtype=object)
-    for prefix in ("melp", "ked"):
-        if f"needs_{prefix}" in batch:
-            out[f"needs_{prefix}"] = np.asarray(batch[f"needs_{prefix}"], dtype=bool)
-    if "melp" in models:
-        out["melp_input"] = np.zeros((n, 12, MELP_SAMPLES), np.float32)
-    if "ecgfm-ked" in models:
-        out["ked_input"] = np.zeros((n, 12, KED_SAMPLES), np.float32)
-
-    for i, raw in enumerate(fetch_with_retries(refs)):
-        stage = "fetch" if isinstance(raw, ECGError) and raw.error_type in ("fetch_failed", "missing_file") else "decode"
-        try:
-            if isinstance(raw, ECGError):
-                raise raw
-            out["content_sha256"][i] = raw.content_sha256
-            out["source_uri"][i] = raw.uri
-            record = decode_raw(raw)
-            stage = "leads"
-            leads = standard_leads(record)
-            stage = "preprocess"
-            flags = quality_flags(leads.signal, leads.fs, leads.derived).as_dict()
-            for name in QUALITY_COLUMNS:
-                value = flags[name]
-                out[name][i] = ",".join(value) if isinstance(value, tuple) else value
-            if "melp_input" in out:
-                out["melp_input"][i] = melp_input(leads.signal, leads.fs)
-            if "ked_input" in out:
-                out["ked_input"][i] = ked_input(leads.signal, leads.fs)
-        except ECGError as err:
-            out["status"][i] = "error"
-            out["error_stage"][i] = stage
-            out["error_type"][i] = err.error_type
-            out["error_message"][i] = str(err)
-        except ValueError as err:  # preprocessing refused the signal (e.g. shorter than one 100 Hz sample)
-            out["status"][i] = "error"
-            out["error_stage"][i] = "preprocess"
-            out["error_type"][i] = "empty_signal"
-            out["error_message"][i] = f"{out['source_uri'][i]}: {err}"
-    if progress is not None:
-        progress.add.remote(read=n, failed=int((out["status"] == "error").sum()))
-    return out
-
-
 FETCH_ATTEMPTS = 3
 FETCH_BACKOFF_S = (0.5, 2.0)
 
 
-def fetch_with_retries(refs: list[tuple[str, str]]) -> list:
+def _internal(exc: BaseException) -> str:
+    """``TypeName at module.py:123`` of the innermost frame: enough to find the bug, no content."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    return f"unexpected {type(exc).__name__}{where} (a bug: please report it)"
+
+
+class _Outcome:
+    """The output columns of ``prepare`` for one batch, filled record by record."""
+
+    def __init__(self, batch: dict[str, np.ndarray], models: tuple[str, ...]):
+        n = len(batch[C.RECORD_ID])
+        self.n = n
+        self.cols: dict[str, np.ndarray] = {
+            C.RECORD_ID: np.asarray(batch[C.RECORD_ID], dtype=object),
+            C.FORMAT: np.asarray(batch[C.FORMAT], dtype=object),
+            C.FINGERPRINT: np.asarray(batch[C.FINGERPRINT], dtype=object),
+            C.SOURCE_URI: np.array([redact(u) for u in batch[C.URI].tolist()], dtype=object),
+            C.CONTENT_SHA256: np.full(n, "", dtype=object),
+            C.STATUS: np.full(n, C.OK, dtype=object),
+            C.ERROR_STAGE: np.full(n, "", dtype=object),
+            C.ERROR_TYPE: np.full(n, "", dtype=object),
+            C.ERROR_MESSAGE: np.full(n, "", dtype=object),
+            C.NOTES: np.full(n, "", dtype=object),
+        }
+        for name in QUALITY_COLUMNS:
+            self.cols[name] = np.zeros(n, _QUALITY_DTYPES[name]) if name in _QUALITY_DTYPES else np.full(n, "", dtype=object)
+        for key, values in batch.items():          # what the ledger decided passes through
+            if key.startswith(("needs_", "embed_", "score_")):
+                self.cols[key] = np.asarray(values, dtype=bool)
+        self.specs = [SPECS[m] for m in models]
+        for spec in self.specs:
+            self.cols[C.model_input(spec)] = np.zeros((n, *spec.input_shape), np.float32)
+
+    def fail(self, i: int, step: str, error_type: str, message: str) -> None:
+        self.cols[C.STATUS][i] = C.ERROR
+        self.cols[C.ERROR_STAGE][i] = step
+        self.cols[C.ERROR_TYPE][i] = error_type
+        self.cols[C.ERROR_MESSAGE][i] = message
+
+
+def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, progress=None) -> dict[str, np.ndarray]:
+    """CPU stage: fetch (many requests in flight), decode, pick leads, flags, each needed model input."""
+    out = _Outcome(batch, models)
+    timings = {"fetch": 0.0, "decode": 0.0, "preprocess": 0.0}
+    t0 = time.perf_counter()
+    raws = fetch_with_retries(list(zip(batch[C.URI].tolist(), batch[C.RECORD_ID].tolist())), limits)
+    timings["fetch"] = time.perf_counter() - t0
+    internal = 0
+    for i, raw in enumerate(raws):
+        step = "fetch"
+        try:
+            if isinstance(raw, ECGError):
+                raise raw
+            out.cols[C.CONTENT_SHA256][i] = raw.content_sha256
+            t = time.perf_counter()
+            step = "decode"
+            record = decode_raw(raw, limits) if limits is not None else decode_raw(raw)
+            step = "leads"
+            leads = standard_leads(record)
+            timings["decode"] += time.perf_counter() - t
+            t = time.perf_counter()
+            step = "quality"
+            flags = quality_flags(leads.signal, leads.fs, leads.derived).as_dict()
+            for name in QUALITY_COLUMNS:
+                value = flags[name]
+                out.cols[name][i] = ",".join(value) if isinstance(value, tuple) else value
+            out.cols[C.NOTES][i] = ",".join(getattr(record, "notes", ()) or ())
+            for spec in out.specs:
+                if out.cols[C.needs(spec)][i]:
+                    step = f"{spec.name} input"
+                    out.cols[C.model_input(spec)][i] = spec.preprocess(leads.signal, leads.fs)
+            timings["preprocess"] += time.perf_counter() - t
+        except ECGError as err:
+            out.fail(i, "fetch" if err.error_type in ("fetch_failed", "missing_file") and step == "fetch" else step,
+                     err.error_type, str(err))
+        except Exception as exc:  # noqa: BLE001 - no record may stop a run: a bug becomes its error row
+            internal += 1
+            out.fail(i, step, "internal_error", f"{redact(str(batch[C.URI][i]))}: {step}: {_internal(exc)}")
+    if progress is not None:
+        failed = int((out.cols[C.STATUS] == C.ERROR).sum())
+        progress.add.remote(read=out.n, failed=failed, internal_errors=internal,
+                            **{f"seconds_{k}": v for k, v in timings.items()})
+    return out.cols
+
+
+def fetch_with_retries(refs: list[tuple[str, str]], limits=None) -> list:
     """:func:`fetch_many`, retrying records whose fetch failed transiently (network, storage)."""
-    results = fetch_many(refs)
+    fetch = (lambda r: fetch_many(r, limits)) if limits is not None else fetch_many
+    results = fetch(refs)
     for delay in FETCH_BACKOFF_S[: FETCH_ATTEMPTS - 1]:
         again = [i for i, r in enumerate(results) if isinstance(r, ECGError) and r.error_type == "fetch_failed"]
         if not again:
             break
         time.sleep(delay)
-        for i, result in zip(again, fetch_many([refs[i] for i in again])):
+        for i, result in zip(again, fetch([refs[i] for i in again])):
             results[i] = result
     return results
 
 
-@dataclass
-class ModelStageConfig:
-    """What a model actor needs; plain values so it pickles to any node."""
-
-    weights: str                     # URI of the weights, or "stand-in"
-    device: str = "cpu"              # "cpu" | "cuda" | "auto"
-    bf16: bool = False               # bf16 autocast on GPU
-    torch_threads: int = 1           # intra-op threads of a CPU actor
-    text_model: str | None = None    # MELP: tokenizer/config of the optional text tower
-    text_weights: str | None = None  # MELP: optional text tower weights
-    class_features: list[np.ndarray] = field(default_factory=list)  # one (C, D) array per label set
-    fault_hook: str | None = None    # tests only: "module:function" called with the batch index
+def _vectors(values: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, D) float32 -> an Arrow fixed-size-list column (zero-copy)."""
+    values = np.ascontiguousarray(values, np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
 
 
-def _device(requested: str) -> str:
-    import torch
+class ModelStage:
+    """One model's actor: load once, embed the rows that need it, turn a failure into error rows.
 
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
+    Batches arrive as Arrow tables (``batch_format="pyarrow"``): only this model's input column
+    is converted to an array (and then dropped); the other columns pass through untouched.
+    """
 
-
-class _ModelStage:
-    """Shared behaviour: load once per actor, run only ok rows, turn a failure into error rows."""
-
-    name = ""          # model name, as in --models
-    input_column = ""
-    prefix = ""        # output column prefix
-
-    def __init__(self, config: ModelStageConfig, progress=None):
+    def __init__(self, plan: ModelPlan, class_features: list, progress=None, fault_hook: str | None = None):
         import torch
 
-        # arrays arrive read-only from the object store; torch wants writable memory
-        config.class_features = [np.array(f, dtype=np.float32) for f in config.class_features]
-        self.config = config
-        self.device = _device(config.device)
-        if self.device == "cpu":
-            torch.set_num_threads(max(1, config.torch_threads))
+        self.run = plan.run
+        self.spec = plan.run.spec
+        if plan.device == "cpu":
+            torch.set_num_threads(max(1, plan.torch_threads))
+        self.model = self.spec.load(plan.run.weights, plan.device, plan.run.precision)
+        # arrays arrive read-only from the object store: copied once, to the device once
+        self.class_features = self.model.to_device([np.array(f, np.float32) for f in class_features])
         self.progress = progress
         self.batches = 0
-        self.fault = _resolve(config.fault_hook) if config.fault_hook else None
-        self.model = self.load()
+        self.fault = _resolve(fault_hook) if fault_hook else None
 
-    def load(self):
-        raise NotImplementedError
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.batches += 1
+        if self.fault is not None:
+            self.fault(self.spec.name, self.batches)
+        spec, n = self.spec, batch.num_rows
+        x = _tensor(batch.column(C.model_input(spec)), spec.input_shape)          # (n, 12, N)
+        batch = batch.drop_columns([C.model_input(spec)])
+        ok = np.flatnonzero(pc.and_(pc.equal(batch.column(C.STATUS), C.OK), batch.column(C.needs(spec)))
+                            .to_numpy(zero_copy_only=False))
+        out = {C.vector(spec, v): np.zeros((n, v.dim), np.float32) for v in spec.vectors}
+        for i, label_set in enumerate(self.run.label_sets):
+            out[C.scores(spec, i)] = np.zeros((n, len(label_set.class_names)), np.float32)
+        error_type = np.full(n, "", dtype=object)
+        error = np.full(n, "", dtype=object)
+        start = time.perf_counter()
+        if len(ok):
+            self._embed(x, ok, out, error_type, error)
+        for name, values in out.items():
+            batch = batch.append_column(name, _vectors(values))
+        batch = batch.append_column(C.model_error_type(spec), pa.array(error_type, pa.string()))
+        batch = batch.append_column(C.model_error(spec), pa.array(error, pa.string()))
+        if self.progress is not None:
+            failed = int((error_type[ok] != "").sum())
+            self.progress.add.remote(**{f"{spec.name}_embedded": int(len(ok)) - failed, f"{spec.name}_failed": failed,
+                                        f"seconds_{spec.name}": time.perf_counter() - start})
+        return batch
+
+    def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        got = self.model.embed(np.ascontiguousarray(x), self.class_features)
+        flat = {C.vector(self.spec, v): got[v.name] for v in self.spec.vectors}
+        flat.update({C.scores(self.spec, i): s for i, s in enumerate(got.get("scores", []))})
+        return flat
 
     def _embed(self, x, ok, out, error_type, error) -> None:
         """Run the model on the rows ``ok``; a failing batch is retried once, then record by record,
         so one poisonous record becomes one error row instead of failing its whole batch."""
-        for attempt in range(2):
+        for _attempt in range(2):
             try:
-                got = self.run(np.ascontiguousarray(x[ok]))
+                got = self._run(x[ok])
             except Exception:  # noqa: BLE001 - retried, then isolated per record below
                 continue
             for key, value in got.items():
@@ -167,85 +213,20 @@ class _ModelStage:
             return
         for i in ok:
             try:
-                got = self.run(np.ascontiguousarray(x[i : i + 1]))
+                got = self._run(x[i : i + 1])
             except Exception as exc:  # noqa: BLE001 - this record becomes an error row
                 error_type[i] = "model_failed"
-                error[i] = f"{self.name} failed on this record: {type(exc).__name__}: {exc}"
+                error[i] = f"{self.spec.name} failed on this record: {_internal(exc)}"
                 continue
             for key, value in got.items():
                 out[key][i] = value[0]
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        raise NotImplementedError
 
-    def empty(self, n: int) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.batches += 1
-        if self.fault is not None:
-            self.fault(self.name, self.batches)
-        x = batch.pop(self.input_column)
-        needs = batch.get(f"needs_{self.prefix}", np.ones(len(x), bool))
-        ok = np.flatnonzero((batch["status"] == "ok") & needs)
-        out = self.empty(len(x))
-        error_type = np.full(len(x), "", dtype=object)
-        error = np.full(len(x), "", dtype=object)
-        start = time.perf_counter()
-        if len(ok):
-            self._embed(x, ok, out, error_type, error)
-        batch.update(out)
-        batch[f"{self.prefix}_error_type"] = error_type
-        batch[f"{self.prefix}_error"] = error
-        if self.progress is not None:
-            self.progress.add.remote(**{f"{self.name}_embedded": int(len(ok) - (error_type[ok] != "").sum()),
-                                        f"{self.name}_seconds": time.perf_counter() - start})
-        return batch
-
-
-class MelpStage(_ModelStage):
-    name, input_column, prefix = "melp", "melp_input", "melp"
-
-    def load(self):
-        from ecgembed.models import registry
-
-        return registry.load_melp_for_job(self.config, self.device)
-
-    def empty(self, n: int) -> dict[str, np.ndarray]:
-        out = {"melp_embedding": np.zeros((n, 256), np.float32), "melp_probe": np.zeros((n, 256), np.float32)}
-        for i, feats in enumerate(self.config.class_features):
-            out[f"melp_scores_{i}"] = np.zeros((n, len(feats)), np.float32)
-        return out
-
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
-
-        from ecgembed.models.melp import zero_shot_scores
-
-        got = self.model.embed(x)   # bf16 autocast, if asked for, was set when the actor loaded the model
-        out = {"melp_embedding": got["embedding"], "melp_probe": got["probe_embedding"]}
-        for i, feats in enumerate(self.config.class_features):
-            out[f"melp_scores_{i}"] = zero_shot_scores(torch.from_numpy(got["embedding"]), torch.from_numpy(feats)).numpy()
-        return out
-
-
-class KedStage(_ModelStage):
-    name, input_column, prefix = "ecgfm-ked", "ked_input", "ked"
-
-    def load(self):
-        from ecgembed.models import registry
-
-        return registry.load_ked_for_job(self.config, self.device)
-
-    def empty(self, n: int) -> dict[str, np.ndarray]:
-        out = {"ked_embedding": np.zeros((n, 768), np.float32)}
-        for i, feats in enumerate(self.config.class_features):
-            out[f"ked_scores_{i}"] = np.zeros((n, len(feats)), np.float32)
-        return out
-
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        got = self.model.embed_label_sets(x, self.config.class_features, autocast_bf16=self.config.bf16)
-        return {"ked_embedding": got["embedding"], **{f"ked_scores_{i}": s for i, s in enumerate(got["scores"])}}
+def _tensor(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+    """A Ray tensor column -> a (n, *shape) float32 array (zero-copy where the chunks allow)."""
+    chunks = [chunk.to_numpy() for chunk in column.chunks] if hasattr(column, "chunks") else [column.to_numpy()]
+    arrays = [c if c.ndim == len(shape) + 1 else np.stack(c) for c in chunks]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _resolve(spec: str):

@@ -142,6 +142,28 @@ def write_atomic(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
+_SECRET_QUERY = ("signature", "credential", "security-token", "securitytoken", "token", "sig", "key", "password",
+                 "secret", "access_token", "auth")
+
+
+def redact(uri: str) -> str:
+    """``uri`` as it may be stored or printed: no userinfo, no secret-looking query parameters.
+
+    ``https://user:pass@host/a?X-Amz-Signature=..&v=2`` -> ``https://host/a?v=2``. Local paths
+    are returned unchanged.
+    """
+    uri = os.fspath(uri)
+    if "://" not in uri:
+        return uri
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+             if not any(word in k.lower().replace("_", "-").removeprefix("x-amz-") for word in _SECRET_QUERY)]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, urllib.parse.urlencode(query), ""))
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts onto a URI or local path with ``/``."""
     base = os.fspath(base)

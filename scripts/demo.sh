@@ -4,10 +4,11 @@
 # the demo says so and runs in STAND-IN mode: random weights, every row labelled "stand-in".
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 out="${ECGEMBED_DEMO_OUT:-./out}"
+samples="$(python -c "from importlib import resources; print(resources.files('ecgembed') / 'samples')")"
 export HF_HUB_ETAG_TIMEOUT="${HF_HUB_ETAG_TIMEOUT:-10}"
 
 set +e
-ecgembed run --output "$out" --labels cpsc2018 --progress-interval 5
+ecgembed run --input "$samples" --output "$out" --labels cpsc2018 --progress-interval 5
 rc=$?
 set -e
 if [ "$rc" -eq 3 ]; then
@@ -15,13 +16,13 @@ if [ "$rc" -eq 3 ]; then
 
 ecgembed demo: the published MELP / ECGFM-KED weights could not be fetched (see the error above).
   To use real weights on this machine, download them elsewhere and point at the copies:
-    ecgembed run --melp-weights /path/to/MELP_Encoder/ --ked-weights /path/to/best_valid_all_increase_with_augment_epoch_3.pt \
-                 --ked-text-model /path/to/Bio_ClinicalBERT/ --output ./out
+    ecgembed run --melp-weights /path/to/MELP_Encoder/ --ecgfm-ked-weights /path/to/best_valid_all_increase_with_augment_epoch_3.pt \
+                 --ecgfm-ked-text-model /path/to/Bio_ClinicalBERT/ --input ecgembed/samples --output ./out
   Running the demo now in STAND-IN mode: random weights, for trying the pipeline only.
   Every row it writes has a model_version starting with "stand-in:".
 
 MSG
-  ecgembed run --output "$out" --labels cpsc2018 --progress-interval 5 --stand-in
+  ecgembed run --input "$samples" --output "$out" --labels cpsc2018 --progress-interval 5 --stand-in
 elif [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi

@@ -16,8 +16,12 @@ def test_inspect_sample_folder_reports_ok_and_error_rows(capsys):
     assert len(rows) == 6
     assert by_id["broken/E07501"]["status"] == "error" and by_id["broken/E07501"]["error_type"] == "truncated"
     assert by_id["ptbxl/00001_lr"]["fs"] == 100.0 and by_id["ptbxl/00001_lr"]["stored_leads"][3] == "AVR"
-    assert by_id["georgia/E07500"]["metadata"]["Dx"]
-    assert main(["inspect", "--strict", samples]) == 1
+    assert "metadata" not in by_id["georgia/E07500"] and "comments" not in by_id["georgia/E07500"]
+    assert main(["inspect", "--strict", samples]) == 5
+    capsys.readouterr()
+    assert main(["inspect", "--show-comments", samples]) == 0
+    rows = {r["record_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["georgia/E07500"]["metadata"]["Dx"] and any(c.startswith("Dx") for c in rows["georgia/E07500"]["comments"])
 
 
 def test_inspect_single_record_without_extension(ecg_dir, capsys):

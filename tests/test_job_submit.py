@@ -82,7 +82,7 @@ def test_ray_job_submit_writes_the_tables(ray_head, s3):
     submission = f"ecgembed-test-{os.getpid()}"
     cmd = [_ray_bin(), "job", "submit", "--address", address, "--working-dir", str(REPO),
            "--submission-id", submission, "--runtime-env-json", json.dumps({"env_vars": s3.env}), "--",
-           "python", "jobs/embed_ecgs.py", "--input", archive, "--output", output, "--stand-in",
+           "python", "jobs/embed_ecgs.py", "--input", archive, "--output", output, "--stand-in", "--device", "cpu",
            "--labels", "cpsc2018", "--progress-interval", "5"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

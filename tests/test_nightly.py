@@ -102,10 +102,10 @@ def test_full_recomputes_and_a_new_model_version_backfills_only_that_model(ecg_d
     run(_config(archive, output))
     assert run(_config(archive, output, full=True))["selected"] == 3
     # a new MELP checkpoint: MELP is redone for every record, ECGFM-KED for none
-    from ecgembed.models import registry
+    from ecgembed.models import standin
 
-    monkeypatch.setattr(registry, "_standin_version", lambda name: f"stand-in:{name}:v2" if name == "melp"
-                        else f"stand-in:{name}:seed{registry.STANDIN_SEED}:torch{registry.torch.__version__.split('+')[0]}")
+    real = standin.version
+    monkeypatch.setattr(standin, "version", lambda name: "stand-in:melp:v2" if name == "melp" else real(name))
     backfill = run(_config(archive, output))
     assert backfill["selected"] == 3
     assert backfill["counts"]["melp_embeddings"] == 3 and backfill["counts"]["ecgfm_ked_embeddings"] == 0
@@ -129,7 +129,7 @@ def test_sigkill_of_the_driver_mid_run_then_rerun(ecg_dir, s3, ray_local, tmp_ca
     driver = subprocess.Popen(
         [sys.executable, "-m", "ecgembed.cli", "run", "--input", archive, "--output", output, "--stand-in",
          "--labels", "cpsc2018", "--records-per-task", "2", "--rows-per-file", "2", "--run-id", "killed-run",
-         "--melp-batch-size", "2", "--ked-batch-size", "2"],   # small batches: output is staged progressively
+         "--melp-batch-size", "2", "--ecgfm-ked-batch-size", "2"],   # small batches: output is staged progressively
         env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     staged = f"{s3.bucket}/{prefix}/out/_staging/killed-run"
     deadline = time.monotonic() + 300

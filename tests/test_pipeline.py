@@ -27,8 +27,8 @@ def _table(output: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def conformance_weights(shared_dir, melp_weights_dir, ked_weights_file):
-    return {"melp_weights": str(melp_weights_dir), "ked_weights": str(ked_weights_file),
-            "ked_text_model": str(shared_dir / "conformance" / "ecgfm-ked" / "tiny_bert")}
+    return {"weights": {"melp": str(melp_weights_dir), "ecgfm-ked": str(ked_weights_file)},
+            "model_options": {"ecgfm-ked": {"text_model": str(shared_dir / "conformance" / "ecgfm-ked" / "tiny_bert")}}}
 
 
 def test_job_from_s3_to_s3_read_back_with_duckdb(ecg_dir, s3, ray_local, conformance_weights, tmp_cache):
@@ -113,17 +113,17 @@ def test_job_output_equals_the_original_code(shared_dir, ray_local, conformance_
     assert set(scores["class_name"]) == {f"c{i}" for i in range(len(texts))}
 
 
-def test_bf16_is_part_of_the_version_so_switching_it_re_embeds(ecg_dir, ray_local, tmp_path, tmp_cache):
+def test_precision_is_part_of_the_version_so_switching_it_re_embeds(ecg_dir, ray_local, tmp_path, tmp_cache):
     archive = tmp_path / "in"
     archive.mkdir()
     for name in ("E07500", "E07501"):
         for ext in (".hea", ".mat"):
             (archive / f"{name}{ext}").write_bytes((ecg_dir / "cinc2021_torch-ecg" / f"{name}{ext}").read_bytes())
     config = dict(inputs=[str(archive)], output=str(tmp_path / "out"), stand_in=True, labels=["cpsc2018"])
-    bf16 = run(RunConfig(bf16=True, **config))
-    assert all(m["model_version"].endswith("+bf16") for m in bf16["models"].values())
+    bf16 = run(RunConfig(precision="bf16", **config))
+    assert bf16["models"]["melp"]["model_version"].startswith("stand-in:melp") and "+bf16" in bf16["models"]["melp"]["model_version"]
     con = _duckdb()
     got = con.execute(f"SELECT DISTINCT model_version FROM {_table(tmp_path / 'out', MELP_TABLE)}").fetchall()
     assert got == [(bf16["models"]["melp"]["model_version"],)]
     fp32 = run(RunConfig(**config))
-    assert fp32["selected"] == 2 and not fp32["models"]["melp"]["model_version"].endswith("+bf16")
+    assert fp32["selected"] == 2 and "+bf16" not in fp32["models"]["melp"]["model_version"]
