@@ -36,7 +36,6 @@ from ecgembed.tables import schemas as S
 from ecgembed.tables.exclusive import create_exclusive
 from ecgembed.tables.lock import OutputLocked
 from ecgembed.tables.migrate import refuse_v1
-from ecgembed.tables.sink import run_folder
 
 COMMITS_DIR = "_ecgembed/commits"
 COMMITTING, ABORTED = "committing", "aborted"
@@ -62,6 +61,11 @@ def commit_run(output: str, run_id: str, write_returns: list[dict], run_metadata
 
 def prepare(output: str, run_id: str, write_returns: list[dict], run_metadata: dict, lock=None) -> dict:
     """Step 1: the runs-table row file and the commit plan. Returns the plan."""
+    delta.check_run_id(run_id)
+    if lock is not None:
+        lock.check()
+    if storage.exists(plan_uri(output, run_id)):     # a retried commit, or a run abandoned by another
+        return _existing_plan(output, run_id)
     tables: dict[str, dict] = {}
     metadata: dict[str, str] = {"ecgembed.run_id": run_id}
     label_sets: dict[str, dict] = {}
@@ -81,22 +85,25 @@ def prepare(output: str, run_id: str, write_returns: list[dict], run_metadata: d
         "committed_at": [now], "manifest": [json.dumps(manifest, sort_keys=True, default=str)],
     }, schema=S.RUNS_SCHEMA)
     # a unique name: a retried prepare must not change the file an existing plan describes
-    name = f"{run_folder(run_id)}/part-run-{uuid.uuid4().hex[:12]}.zstd.parquet"
+    name = f"{delta.run_folder(run_id)}/part-run-{uuid.uuid4().hex[:12]}.zstd.parquet"
     runs_file = delta.write_data_file(delta.table_uri(output, S.RUNS_TABLE), name, row)
     tables[S.RUNS_TABLE] = {"schema": delta.schema_to_text(S.RUNS_SCHEMA), "files": [runs_file]}
     plan = {"state": COMMITTING, "run_id": run_id, "created_at": now.isoformat(), "tables": tables,
             "metadata": metadata, "manifest": manifest}
-    if lock is not None:
-        lock.check()
     try:
         create_exclusive(plan_uri(output, run_id), json.dumps(plan, sort_keys=True).encode())
     except FileExistsError:
-        existing = read_plan(output, run_id)
-        if existing.get("state") != COMMITTING:
-            raise OutputLocked(f"run {run_id} was abandoned by run {existing.get('by', '?')} (which took over the "
-                               f"output lock and deleted this run's files); nothing of it is committed") from None
-        return existing          # a retried commit of this run: carry on with the plan on record
+        return _existing_plan(output, run_id)
     return plan
+
+
+def _existing_plan(output: str, run_id: str) -> dict:
+    """The plan on record for ``run_id``: carry on with it, unless it is an ``aborted`` tombstone."""
+    existing = read_plan(output, run_id)
+    if existing.get("state") != COMMITTING:
+        raise OutputLocked(f"run {run_id} was abandoned by run {existing.get('by', '?')} (which took over the "
+                           f"output lock and deleted this run's files); nothing of it is committed")
+    return existing
 
 
 def apply(output: str, plan: dict, lock=None, tables: list[str] | None = None) -> dict:

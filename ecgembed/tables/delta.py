@@ -20,6 +20,7 @@ import base64
 import json
 import os
 import posixpath
+import re
 import time
 
 import pyarrow as pa
@@ -37,6 +38,7 @@ RUN_TXN_VERSION = 1          # txn version recorded with appId = run id when a r
 S3_COMMIT_MODES = {"conditional-put": {"conditional_put": "etag"},
                    "unsafe-rename": {"AWS_S3_ALLOW_UNSAFE_RENAME": "true"}}
 _MAX_STAT_CHARS = 256        # longer strings get no min/max statistics
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class TablesError(EcgembedError):
@@ -72,6 +74,19 @@ def storage_options(uri: str) -> dict[str, str]:
         raise ConfigError(f"ECGEMBED_S3_COMMIT={mode!r}: use one of {', '.join(S3_COMMIT_MODES)}")
     opts.update(S3_COMMIT_MODES[mode])
     return opts
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids name folders and Delta transaction ids: letters, digits, ``._-``, at most 128."""
+    if not RUN_ID.match(run_id):
+        raise ConfigError(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 128, not starting "
+                          "with a punctuation mark)")
+    return run_id
+
+
+def run_folder(run_id: str) -> str:
+    """The folder of a run's data files inside each table."""
+    return f"run-{run_id}"
 
 
 def table_uri(output: str, table: str) -> str:

@@ -38,8 +38,28 @@ def tables_of(runs: tuple[ModelRun, ...]) -> dict[str, pa.Schema]:
     return {t: out[t] for t in S.commit_order(out)}
 
 
+def from_arrow(block: pa.Table) -> Batch:
+    """A block as the model stages leave it -> numpy columns; vectors and scores as (n, D) arrays."""
+    out: Batch = {}
+    n = block.num_rows
+    for name in block.column_names:
+        column = block.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(column.type):
+            values = column.flatten().to_numpy(zero_copy_only=False)
+            out[name] = values.reshape(n, column.type.list_size)                  # (n, D)
+        elif isinstance(column.type, pa.ExtensionType):                         # Ray's tensor columns
+            out[name] = column.to_numpy()
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return out
+
+
 def batch_tables(batch: Batch, runs: tuple[ModelRun, ...], run_id: str, now: datetime) -> dict[str, pa.Table]:
-    """Every table's rows for one batch (tables without rows are left out)."""
+    """Every table's rows for one batch (tables without rows are left out).
+
+    A model with no work in this run is not in the graph and has no columns: it writes nothing.
+    """
+    runs = tuple(run for run in runs if C.needs(run.spec) in batch)
     out: dict[str, list[pa.Table]] = {}
     for run in runs:
         out.setdefault(run.spec.table, []).append(embedding_rows(batch, run, run_id, now))

@@ -12,7 +12,6 @@ commits with :func:`ecgembed.tables.commit.commit_run` while holding the output 
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from typing import Iterable
 
@@ -21,24 +20,9 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
 from ecgembed import columns as C
-from ecgembed.errors import ConfigError
 from ecgembed.models.spec import ModelRun
 from ecgembed.tables import delta, rows
-
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def check_run_id(run_id: str) -> str:
-    """Run ids name folders and Delta transaction ids: letters, digits, ``._-``, at most 128."""
-    if not RUN_ID.match(run_id):
-        raise ConfigError(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 128, not starting "
-                          "with a punctuation mark)")
-    return run_id
-
-
-def run_folder(run_id: str) -> str:
-    """The folder of a run's data files inside each table."""
-    return f"run-{run_id}"
+from ecgembed.tables.delta import check_run_id, run_folder
 
 
 def commit_metadata(runs: tuple[ModelRun, ...], run_id: str) -> dict[str, str]:
@@ -78,7 +62,7 @@ class EcgTablesDatasink(Datasink):
         now = datetime.now(timezone.utc)
         parts: dict[str, list[pa.Table]] = {}
         for block in blocks:
-            batch = BlockAccessor.for_block(block).to_batch_format("numpy")
+            batch = rows.from_arrow(BlockAccessor.for_block(block).to_arrow())
             if not len(batch[C.RECORD_ID]):
                 continue
             for table, data in rows.batch_tables(batch, self.runs, self.run_id, now).items():

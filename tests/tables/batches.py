@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import numpy as np
-from ray.data.block import BlockAccessor
+import pyarrow as pa
 
 from ecgembed import columns as C
 from ecgembed.models.registry import SPECS
@@ -100,8 +100,19 @@ def stage_batch(work, runs, record_errors: dict | None = None, model_errors: dic
 def write_task(output: str, run_id: str, runs, batch: dict, task_idx: int = 0) -> dict:
     """The body of one Ray write task of the real sink, on one block made from ``batch``."""
     sink = EcgTablesDatasink(output, run_id, tuple(runs), rows_per_file=1000)
-    block = BlockAccessor.batch_to_block(batch)
-    return sink.write([block], SimpleNamespace(task_idx=task_idx))
+    return sink.write([to_block(batch)], SimpleNamespace(task_idx=task_idx))
+
+
+def to_block(batch: dict) -> pa.Table:
+    """The Arrow block the model stages emit: (n, D) arrays as fixed_size_list<float32>[D]."""
+    cols = {}
+    for name, values in batch.items():
+        if values.ndim == 2:
+            flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1))
+            cols[name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+        else:
+            cols[name] = pa.array(values.tolist() if values.dtype == object else values)
+    return pa.table(cols)
 
 
 def nightly(output: str, run_id: str, all_refs, runs, full=False, record_errors=None, model_errors=None,
