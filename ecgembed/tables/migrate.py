@@ -205,7 +205,10 @@ def _runs_rows(output: str) -> pa.Table:
         rows["run_id"].append(manifest["run_id"])
         rows["started_at"].append(datetime.fromisoformat(started) if started else None)
         rows["committed_at"].append(datetime.fromisoformat(finished) if finished else datetime.now(timezone.utc))
-        rows["manifest"].append(json.dumps({**manifest, "migrated_from": "ecgembed 0.1"}, sort_keys=True, default=str))
+        label_sets = {ls["name"]: {"sha256": ls["sha256"], "classes": ls["classes"]}
+                      for model in manifest.get("models", {}).values() for ls in model.get("label_sets", [])}
+        rows["manifest"].append(json.dumps({**manifest, "label_sets": label_sets, "migrated_from": "ecgembed 0.1"},
+                                           sort_keys=True, default=str))
     return pa.Table.from_pydict(rows, schema=S.RUNS_SCHEMA)
 
 
