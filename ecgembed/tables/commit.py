@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from ecgembed import storage
+from ecgembed.errors import ConfigError
 from ecgembed.tables import delta
 from ecgembed.tables import schemas as S
 from ecgembed.tables.exclusive import create_exclusive
@@ -154,24 +155,29 @@ def recover(output: str, run_id: str, lock=None) -> dict:
     """Finish or clean what crashed runs left; call it holding the lock, before any work.
 
     Returns ``{"rolled_forward": [run ids whose plan was applied], "abandoned": [run ids whose
-    uncommitted files were deleted]}``.
+    uncommitted files were deleted]}``. Refuses a ``run_id`` that is already committed: each
+    table commit is keyed by the run id, so a second run under the same id would add nothing.
     """
     refuse_v1(output)
     rolled = []
     for other in _plans(output):
         plan = read_plan(output, other)
-        if other == run_id or plan.get("state") != COMMITTING:
+        if plan.get("state") != COMMITTING:
             continue
         apply(output, plan, lock)
         finish(output, other)
         rolled.append(other)
+    runs = delta.open_table(delta.table_uri(output, S.RUNS_TABLE))
+    if runs is not None and delta.committed(runs, run_id):
+        raise ConfigError(f"run id {run_id} is already committed in {output}: give a new --run-id")
     abandoned = set()
     for table, folders in _run_folders(output).items():
         opened = delta.open_table(delta.table_uri(output, table))
         for folder, other in folders:
-            if other == run_id or (opened is not None and delta.committed(opened, other)):
+            if opened is not None and delta.committed(opened, other):
                 continue
-            if not _abandon(output, other, run_id, lock):
+            # files of an earlier attempt under this run's own id are deleted without a tombstone
+            if other != run_id and not _abandon(output, other, run_id, lock):
                 continue
             fs, path = storage.fs_and_path(folder)
             fs.rm(path, recursive=True)

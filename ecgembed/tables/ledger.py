@@ -87,5 +87,7 @@ def select_work(ledger: pa.Table, refs, runs: list[ModelRun], full: bool = False
             if wanted:
                 scores[run.name] = wanted
         if embed or scores:
-            work.append(Work(ref.record_id, ref.uri, ref.format, ref.fingerprint, frozenset(embed), scores))
+            # refs gain ``format`` with the format registry (issue 11); until then every record is WFDB
+            work.append(Work(ref.record_id, ref.uri, getattr(ref, "format", "wfdb"), ref.fingerprint,
+                             frozenset(embed), scores))
     return work

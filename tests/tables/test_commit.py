@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ecgembed import storage
+from ecgembed.errors import ConfigError
 from ecgembed.tables import delta
 from ecgembed.tables import schemas as S
 from ecgembed.tables.commit import apply, commit_run, finish, prepare, read_plan, read_runs, recover
@@ -168,3 +169,29 @@ def test_a_quiet_night_commits_only_its_run_row(tmp_path):
     after = {name: t.version() for name, t in delta.list_tables(output).items()}
     assert after == {**versions, "runs": versions["runs"] + 1}
     assert [r["run_id"] for r in read_runs(output)] == ["first", "quiet"]
+
+
+def test_a_run_id_is_used_once(tmp_path):
+    output = str(tmp_path / "out")
+    nightly(output, "once", refs(2), RUNS)
+    with pytest.raises(ConfigError, match="run id once is already committed"):
+        nightly(output, "once", refs(N), RUNS)
+
+
+def test_delta_storage_options_come_from_the_aws_environment(monkeypatch):
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION", "ECGEMBED_S3_COMMIT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    assert delta.storage_options("s3://bucket/out/melp_embeddings") == {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false",
+        "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_REGION": "eu-west-1", "conditional_put": "etag"}
+    monkeypatch.setenv("ECGEMBED_S3_COMMIT", "unsafe-rename")
+    assert delta.storage_options("s3://bucket/out")["AWS_S3_ALLOW_UNSAFE_RENAME"] == "true"
+    monkeypatch.setenv("ECGEMBED_S3_COMMIT", "rename")
+    with pytest.raises(ConfigError, match="ECGEMBED_S3_COMMIT='rename'"):
+        delta.storage_options("s3://bucket/out")
+    assert delta.storage_options(str(Path("/tmp/out"))) == {}
