@@ -26,6 +26,7 @@ nothing more; otherwise it refreshes the heartbeat.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import socket
@@ -37,6 +38,8 @@ from datetime import datetime, timezone
 from ecgembed import storage
 from ecgembed.errors import EcgembedError
 from ecgembed.tables.exclusive import create_exclusive
+
+log = logging.getLogger("ecgembed")
 
 LOCK_DIR = "_ecgembed/lock"
 _WIDTH = 20   # zero-padded generation numbers sort as text
@@ -183,8 +186,9 @@ class OutputLock:
                 if generation != self.generation or (body or {}).get("token") != self.token:
                     return           # taken over: stop refreshing; check() will refuse the commit
                 storage.write_atomic(self._uri(self.generation), self._body())
-            except OSError:
-                pass   # storage briefly unreachable: the lease covers it
+            except Exception as exc:  # noqa: BLE001 - storage unreachable: keep beating; the lease covers the gap
+                log.warning("lock heartbeat of run %s failed (%s); retrying in %.0f s", self.run_id,
+                            type(exc).__name__, self.heartbeat_s)
 
     def _remove_older(self, generation: int) -> None:
         for older in self._generations():

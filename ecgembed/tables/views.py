@@ -4,9 +4,9 @@
     con.sql("SELECT * FROM melp_current LIMIT 5").show()
 
 or from the shell ``ecgembed sql OUTPUT "SELECT ..."``. Works offline (DuckDB's delta extension is
-not needed): each table's committed files are listed by delta-rs from the transaction log and
-read with ``read_parquet([...])``; a file a run wrote but did not commit is never read. The
-ledger is read first, so every run it names has its data files committed already.
+not needed): each table is opened by delta-rs at its latest version and registered as the
+pyarrow dataset of exactly its committed files; a file a run wrote but did not commit is never
+read. The ledger is opened first, so every run it names has its data files committed already.
 
 Views (model names come from the tables' Delta configuration, none is hard-coded):
 
@@ -25,9 +25,7 @@ from __future__ import annotations
 import re
 
 import duckdb
-import pyarrow as pa
 
-from ecgembed import storage
 from ecgembed.tables import delta
 from ecgembed.tables import schemas as S
 from ecgembed.tables.commit import read_runs
@@ -46,15 +44,13 @@ def _quote(text: str) -> str:
 def connect(output: str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views of this module over ``output``."""
     con = con or duckdb.connect()
-    protocol = storage.split(output)[0]
-    if protocol != "file":
-        con.register_filesystem(storage.filesystem(protocol))
+    ledger = delta.open_table(delta.table_uri(output, S.LEDGER_TABLE))     # first: see the module docstring
     tables = delta.list_tables(output)
-    order = [S.LEDGER_TABLE] + [t for t in tables if t != S.LEDGER_TABLE]
-    for name in order:
-        if name in tables:
-            _base_view(con, name, tables[name])
-    if S.LEDGER_TABLE not in tables:
+    if ledger is not None:
+        tables[S.LEDGER_TABLE] = ledger
+    for name, table in tables.items():
+        _base_view(con, name, table)
+    if ledger is None:
         return con
     con.execute(f"""CREATE OR REPLACE VIEW current_state AS SELECT * FROM ledger WHERE label_set IS NULL
                     QUALIFY row_number() OVER (PARTITION BY record_id, model {_LATEST}) = 1""")
@@ -85,14 +81,13 @@ def connect(output: str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb
 
 
 def _base_view(con: duckdb.DuckDBPyConnection, name: str, table) -> None:
-    files = table.file_uris()
-    if files:
-        source = f"read_parquet([{', '.join(_quote(f) for f in files)}], union_by_name = true)"
-    else:   # a table created by a run that wrote no rows to it: its columns, no rows
-        empty = pa.schema(table.schema().to_arrow()).empty_table()
-        con.register(f"_empty_{name}", empty)
-        source = f"_empty_{name}"
-    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {source}")
+    """``name``: the table's committed files at its current version, as delta-rs lists them.
+
+    Read as a pyarrow dataset (the table's schema, columns added later read as null in older
+    files), which DuckDB scans with projection and filter pushdown; nothing is read to create it.
+    """
+    con.register(f"_delta_{name}", table.to_pyarrow_dataset())
+    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _delta_{name}")
 
 
 def _current_view(con: duckdb.DuckDBPyConnection, name: str, config: dict[str, str]) -> None:
