@@ -43,6 +43,7 @@ log = logging.getLogger("ecgembed")
 
 LOCK_DIR = "_ecgembed/lock"
 _WIDTH = 20   # zero-padded generation numbers sort as text
+_RELEASED_HERE: set[str] = set()   # tokens this process released but could not mark released (storage down)
 
 
 class OutputLocked(EcgembedError):
@@ -126,6 +127,8 @@ class OutputLock:
         """Why a held generation may be taken over, or ``None`` while its holder may be alive."""
         if body.get("unreadable"):
             return "the lock file is unreadable"
+        if body.get("token") in _RELEASED_HERE:
+            return "this process released it but could not record the release (storage was unreachable)"
         here = all(self.machine.values()) and all(body.get(k) == v for k, v in self.machine.items())
         if here:
             pid = int(body.get("pid", -1))
@@ -211,8 +214,10 @@ class OutputLock:
             if generation == self.generation and (body or {}).get("token") == self.token:
                 create_exclusive(self._uri(generation + 1), self._body("released"))
                 self._remove_older(generation + 1)
-        except OSError:    # FileExistsError included
-            pass   # unreachable or taken over: the lease (or the new holder) settles it
+        except FileExistsError:
+            pass   # taken over meanwhile: the new holder has it
+        except Exception:  # noqa: BLE001 - storage unreachable; never mask the error that ended the run
+            _RELEASED_HERE.add(self.token)   # this process may take it again at once, others after the lease
         self.generation = None
 
     def __enter__(self) -> "OutputLock":

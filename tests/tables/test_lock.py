@@ -110,3 +110,20 @@ def test_exclusive_create_refuses_an_existing_object(output):
     with pytest.raises(FileExistsError):
         create_exclusive(uri, b"2")
     assert storage.read_bytes(uri) == b"1"
+
+
+def test_a_release_that_could_not_reach_storage_does_not_block_this_process(output, monkeypatch):
+    import ecgembed.tables.lock as L
+
+    lock = OutputLock(output, "outage").acquire()
+
+    def unreachable(uri, data):
+        raise ConnectionError("storage unreachable")
+
+    monkeypatch.setattr(L, "create_exclusive", unreachable)
+    lock.release()                                   # does not raise; the generation still says "held"
+    monkeypatch.undo()
+    assert OutputLock(output, "probe").current()[1]["state"] == "held"
+    again = OutputLock(output, "rerun").acquire()    # the same process: taken at once
+    assert "could not record the release" in again.took_over["reason"]
+    again.release()
