@@ -171,7 +171,7 @@ def test_model_actor_dying_on_a_batch_loses_and_duplicates_nothing(ecg_dir, s3, 
     output = s3.url(f"{prefix}/out")
     (tmp_path / "fault.json").write_text(json.dumps({"model": "melp", "batch": 2}))
     monkeypatch.setenv("ECGEMBED_FAULT_HOOK", f"tests.faults:die_once:{tmp_path}")
-    manifest = run(_config(archive, output, melp_batch_size=2))
+    manifest = run(_config(archive, output, batch_size={"melp": 2}))
     assert (tmp_path / "fired").exists(), "the fault was not injected"
     assert manifest["counts"]["melp_embeddings"] == len(NAMES)
     assert _exactly_once(s3, output) == {"melp_current": len(NAMES), "ecgfm_ked_current": len(NAMES)}
