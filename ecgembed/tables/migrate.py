@@ -29,7 +29,6 @@ import time
 from datetime import datetime, timezone
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ecgembed import storage
@@ -43,6 +42,7 @@ V1_FORMAT = "wfdb"
 V1_LEDGER, V1_RUNS, V1_COMMITS, V1_STAGING, V1_LOCK = "_ledger", "_runs", "_commits", "_staging", "_lock.json"
 V1_MARKERS = (V1_LEDGER, V1_RUNS, V1_COMMITS, V1_STAGING, V1_LOCK)
 V1_LEASE_S = 300.0
+SCORE_KEY = ["record_id", "model", "label_set", "label_set_sha256", "run_id"]   # one score ledger row per key
 
 
 class V1Layout(ConfigError):
@@ -161,8 +161,7 @@ def _migrate_table(output: str, table: str, schema: pa.Schema, lock, score_keys:
     for k, path in enumerate(_v1_files(output, table)):
         data = _read(path, protocol)
         if table == S.SCORES_TABLE:
-            score_keys.append(data.group_by(["record_id", "model", "label_set", "label_set_sha256", "run_id"])
-                              .aggregate([]))
+            score_keys.append(data.group_by(SCORE_KEY).aggregate([]))
         rows += data.num_rows
         if not done:
             files.append(delta.write_data_file(uri, _file_name(path, k), _convert(data, schema)))
@@ -181,7 +180,7 @@ def _ledger_rows(v1: pa.Table | None, score_keys: list[pa.Table]) -> pa.Table:
                                        pa.nulls(embeddings.num_rows, pa.string()))
     if not score_keys:
         return embeddings
-    keys = pa.concat_tables(score_keys).group_by(["record_id", "model", "label_set", "label_set_sha256", "run_id"]).aggregate([])
+    keys = pa.concat_tables(score_keys).group_by(SCORE_KEY).aggregate([])
     base = embeddings.select(["record_id", "model", "run_id", "fingerprint", "content_sha256", "model_version",
                               "preproc_version", "processed_at"])
     scores = keys.join(base, ["record_id", "model", "run_id"], join_type="inner")
