@@ -31,13 +31,18 @@ from bench_reader import make_mimic_like  # noqa: E402
 
 
 def model_only(models, inputs, feats, batch_sizes) -> dict[str, float]:
+    """Records/s of each loaded job model on its inputs, one thread, the job's CPU batch size."""
     import torch
 
     torch.set_num_threads(1)
     rates = {}
     for name, model in models.items():
         x, bs = inputs[name], batch_sizes[name]
-        run = (lambda b: model.embed(b)) if name == "melp" else (lambda b: model.embed(b, feats))
+        on_device = model.to_device(feats[name])
+
+        def run(b, model=model, on_device=on_device):
+            return model.embed(b, on_device)
+
         run(x[:bs])  # warm-up
         start = time.perf_counter()
         for i in range(0, len(x), bs):
@@ -52,17 +57,15 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=160)
     ap.add_argument("--labels", default="cpsc2018")
     ap.add_argument("--melp-weights", help="real or conformance weights (default: stand-in)")
-    ap.add_argument("--ked-weights", help="real or conformance weights (default: stand-in)")
-    ap.add_argument("--ked-text-model")
+    ap.add_argument("--ecgfm-ked-weights", help="real or conformance weights (default: stand-in)")
+    ap.add_argument("--ecgfm-ked-text-model")
     args = ap.parse_args()
-    stand_in = not (args.melp_weights and args.ked_weights)
+    stand_in = not (args.melp_weights and args.ecgfm_ked_weights)
 
     from ecgembed import read_record, standard_leads
-    from ecgembed.config import STAND_IN, RunConfig
+    from ecgembed.config import RunConfig
     from ecgembed.labels import load_label_set
-    from ecgembed.models import registry
-    from ecgembed.preprocess import ked_input, melp_input
-    from ecgembed.stages import ModelStageConfig
+    from ecgembed.models.registry import SPECS
 
     with tempfile.TemporaryDirectory() as tmp:
         made = make_mimic_like(Path(args.shared), -(-args.records // 25), Path(tmp) / "made")[: args.records]
@@ -74,18 +77,17 @@ def main() -> None:
                 shutil.copy(f, folder / f.name)
             headers.append(str(folder / Path(header).name))
         leads = [standard_leads(read_record(h)) for h in headers]
-        inputs = {"melp": np.stack([melp_input(s.signal, s.fs) for s in leads]),
-                  "ecgfm-ked": np.stack([ked_input(s.signal, s.fs) for s in leads])}
+        inputs = {name: np.stack([spec.preprocess(s.signal, s.fs) for s in leads]) for name, spec in SPECS.items()}
         label_set = load_label_set(args.labels)
+        weights = {} if stand_in else {"melp": args.melp_weights, "ecgfm-ked": args.ecgfm_ked_weights}
+        options = {} if stand_in else {"ecgfm-ked": {"text_model": args.ecgfm_ked_text_model}}
         cfg = RunConfig(inputs=[str(Path(tmp) / "in")], output=str(Path(tmp) / "out"), labels=[args.labels],
-                        stand_in=stand_in, melp_weights=args.melp_weights, ked_weights=args.ked_weights,
-                        ked_text_model=args.ked_text_model, device="cpu", progress_interval_s=30).validate()
-        melp_w = STAND_IN if stand_in else args.melp_weights
-        ked_w = STAND_IN if stand_in else args.ked_weights
-        feats = registry.ked_class_features([label_set], ked_w, args.ked_text_model)[0]
-        models = {"melp": registry.load_melp_for_job(ModelStageConfig(melp_w), "cpu"),
-                  "ecgfm-ked": registry.load_ked_for_job(ModelStageConfig(ked_w), "cpu")}
-        rates = model_only(models, inputs, feats, {"melp": 16, "ecgfm-ked": 32})
+                        stand_in=stand_in, weights=weights, model_options=options, device="cpu",
+                        progress_interval_s=30).validate()
+        feats = {name: spec.class_features([label_set], cfg.weights_for(name), cfg.options_for(name))
+                 if spec.scores(cfg.options_for(name)) else [] for name, spec in SPECS.items()}
+        models = {name: spec.load(cfg.weights_for(name), "cpu") for name, spec in SPECS.items()}
+        rates = model_only(models, inputs, feats, {name: spec.batch_size["cpu"] for name, spec in SPECS.items()})
         del models
 
         import ray

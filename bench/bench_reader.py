@@ -3,7 +3,8 @@
 (a) ``read_record`` + leads + both model inputs  vs  ``wfdb.rdrecord`` + the same preprocessing
     written the obvious way with wfdb/numpy/scipy (local files, one process, one thread);
 (b) records/s fetched from a SeaweedFS S3 server on loopback with many requests in flight
-    (``fetch_many``) vs one record at a time (``fetch_raw``).
+    (``fetch_many`` over the ``RecordRef``s of ``discover(...).refs``) vs one record at a time
+    (``fetch_raw``); every read is bounded (ranged GETs of the bytes a header implies).
 
     python bench/bench_reader.py [--copies 3] [--repeats 3] [--no-s3]
 
@@ -130,14 +131,16 @@ def bench_s3(root: Path, repeats: int) -> None:
         try:
             os.environ.update(server.env)
             prefix = server.put_dir(root, "bench")
-            refs = [(r.uri, r.record_id) for r in discover(prefix)]
+            found = discover(prefix)
+            refs = found.refs
             print(f"(b) S3 (SeaweedFS on loopback), {len(refs)} records (header + signal files each), best of {repeats}")
+            print(f"    {found.summary()}")
             one = many = float("inf")
             fetch_many(refs[:5])
             for _ in range(repeats):
                 start = time.perf_counter()
-                for uri, rid in refs:
-                    fetch_raw(uri, rid)
+                for ref in refs:
+                    fetch_raw(ref)
                 one = min(one, time.perf_counter() - start)
                 start = time.perf_counter()
                 for i in range(0, len(refs), 64):

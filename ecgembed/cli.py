@@ -26,10 +26,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from ecgembed.console import drop_benign_ray_errors
     from ecgembed.pipeline import run
 
     config = from_arguments(args)
-    manifest = run(config)
+    with contextlib.nullcontext() if config.verbose else drop_benign_ray_errors():
+        manifest = run(config)
     return EXIT_FAILED_RECORDS if failed_too_much(manifest, config) else EXIT_OK
 
 
@@ -49,16 +53,16 @@ def _inspect(args: argparse.Namespace) -> int:
 
     failures = 0
     for uri in args.uris:
-        many = uri.lower().endswith(".csv") or storage.isdir(uri)
-        found = discover(uri) if many else None
-        refs = [(r.uri, r.record_id) for r in getattr(found, "refs", found)] if many else [(uri, None)]
+        many = uri.lower().endswith((".csv", ".zip")) or storage.isdir(uri)
+        refs = [(r.uri, r.record_id) for r in discover(uri).refs] if many else [(uri, None)]
         for ref_uri, record_id in refs:
             try:
                 record = read_record(ref_uri, record_id)
                 leads = standard_leads(record)
                 flags = quality_flags(leads.signal, leads.fs, leads.derived)
                 row = {"record_id": record.record_id, "uri": storage.redact(record.uri), "status": "ok",
-                       "format": record.format, "stored_leads": record.sig_name, **flags.as_dict()}
+                       "format": record.format, "stored_leads": record.sig_name, **flags.as_dict(),
+                       "notes": record.notes}
                 if args.show_comments:
                     row.update(metadata=record.metadata, comments=record.comments)
             except ECGError as err:
@@ -85,6 +89,30 @@ def _sql(args: argparse.Namespace) -> int:
         con.sql(args.query).show(max_rows=args.max_rows, max_width=200)
     except duckdb.Error as err:
         raise SqlError(str(err).splitlines()[0]) from None
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Write the self-contained HTML report of a committed run."""
+    from ecgembed.report import write_report
+    from ecgembed.storage import redact
+
+    where = write_report(args.output, dest=args.out, run_id=args.run)
+    print(f"ecgembed: report written to {redact(where)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _weights_pull(args: argparse.Namespace) -> int:
+    """Stage the pinned weights in a folder or bucket for clusters without internet."""
+    from ecgembed.storage import redact
+    from ecgembed.weights import pull
+    from ecgembed.weights_pull import ProgressPrinter
+
+    result = pull(args.dest, progress=ProgressPrinter())
+    for name, info in sorted(result["files"].items()):
+        print(f"{info['status']:>10}  {name}  sha256 {info['sha256'][:16]}...  {info['size']:,} bytes", file=sys.stderr)
+    print(f"ecgembed: weights in {redact(args.dest)} (lock: weights.lock.json); run with --weights-dir "
+          f"{redact(args.dest)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -116,7 +144,39 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--show-comments", action="store_true",
                          help="also print header comments and metadata (may hold patient data)")
     inspect.set_defaults(func=_inspect)
+    report = sub.add_parser(
+        "report", help="write a self-contained HTML report of a run (plots of throughput, errors, quality, scores)",
+        description="Example: ecgembed report s3://hospital-ml/ecgembed/ --out night.html")
+    report.add_argument("output", help="the --output of the runs")
+    report.add_argument("--run", metavar="ID", help="the run to report (default: the newest committed run)")
+    report.add_argument("--out", metavar="PATH", help="file or folder to write (default: OUTPUT/_reports/<run>.html)")
+    report.set_defaults(func=_report)
+    weights = sub.add_parser(
+        "weights", help="stage model weights for clusters without internet",
+        description="Example: ecgembed weights pull s3://hospital-ml/ecgembed-weights/")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    pull = weights_sub.add_parser(
+        "pull", help="fetch the pinned MELP, ECGFM-KED and Bio_ClinicalBERT files into DEST with a sha256 lock",
+        description="Example: ecgembed weights pull ./ecgembed-weights   (then: ecgembed run --weights-dir "
+                    "./ecgembed-weights ...)")
+    pull.add_argument("dest", help="a local folder or s3:// prefix")
+    pull.set_defaults(func=_weights_pull)
     return parser
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """One line (what failed + the fix) for a storage failure, or None when it is not one."""
+    names = {t.__name__ for t in type(exc).__mro__}
+    text = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    if names & {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}:
+        return ("object storage credentials are missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                "AWS_PROFILE, or an instance profile / IRSA on the cluster); AWS_ENDPOINT_URL for S3-compatible stores")
+    if names & {"ClientError", "NoSuchBucket"} or isinstance(exc, PermissionError):
+        return (f"object storage refused the request ({text}): check the bucket name and that these credentials "
+                "may list, read and write it")
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"}:
+        return (f"object storage is unreachable ({text}): check AWS_ENDPOINT_URL / the network, then run again")
+    return None
 
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
@@ -127,7 +187,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("ecgembed: interrupted", file=sys.stderr)
+        print("ecgembed: interrupted (nothing of this run was committed; run again to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except WeightsError as err:
         print(f"ecgembed: error: model weights unavailable: {err}", file=sys.stderr)
@@ -137,6 +197,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         return EXIT_LOCKED
     except EcgembedError as err:
         print(f"ecgembed: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - storage failures are expected; anything else is a bug
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        print(f"ecgembed: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -15,7 +15,9 @@ Every row is one record. The manifest (:func:`manifest`) carries what the ledger
 - ``source_uri`` (redacted: no userinfo, no signed query), ``content_sha256``, ``status``
   (``ok`` | ``error``), ``error_stage``, ``error_type``, ``error_message`` (empty when ok),
   the quality flags of :data:`ecgembed.tables.schemas.QUALITY` (list flags as comma-joined
-  strings), ``notes`` (the decoder's quality notes, comma-joined);
+  strings), ``notes`` (the decoder's quality notes, comma-joined), ``meta_<field>`` for each
+  ``--metadata`` field the user opted in to (PHI; "" when the file lacks it), and passes
+  ``attr_<name>`` (``--manifest-columns``) through;
 - ``<ident>_input``: the model input, computed only where ``needs_<ident>`` (zeros elsewhere).
 
 A model pool reads only its own ``<ident>_input`` (it drops it), and adds ``<ident>_<vector>``
@@ -35,6 +37,16 @@ RECORD_ID, URI, FORMAT, FINGERPRINT = "record_id", "uri", "format", "fingerprint
 SOURCE_URI, CONTENT_SHA256 = "source_uri", "content_sha256"
 STATUS, ERROR_STAGE, ERROR_TYPE, ERROR_MESSAGE, NOTES = "status", "error_stage", "error_type", "error_message", "notes"
 OK, ERROR = "ok", "error"
+
+
+def metadata(field: str) -> str:
+    """A field of the files' own metadata the user opted in to (``--metadata``; PHI)."""
+    return f"meta_{field}"
+
+
+def attribute(name: str) -> str:
+    """A manifest CSV column passed through (``--manifest-columns``)."""
+    return f"attr_{name}"
 
 
 def needs(spec: ModelSpec) -> str:
@@ -84,10 +96,14 @@ class Work:
         return model in self.embed or bool(self.scores.get(model))
 
 
-def manifest(work: list[Work], runs: list[ModelRun]) -> pa.Table:
-    """The first table of the graph: one row per record with what each model must do."""
+def manifest(work: list[Work], runs: list[ModelRun], attributes: dict[str, dict[str, str]] | None = None,
+             attribute_names: tuple[str, ...] = ()) -> pa.Table:
+    """The first table of the graph: one row per record with what each model must do (and the
+    manifest columns passed through, ``attributes[record_id][name]``)."""
     cols: dict[str, list] = {RECORD_ID: [w.record_id for w in work], URI: [w.uri for w in work],
                              FORMAT: [w.format for w in work], FINGERPRINT: [w.fingerprint for w in work]}
+    for name in attribute_names:
+        cols[attribute(name)] = [(attributes or {}).get(w.record_id, {}).get(name, "") for w in work]
     for run in runs:
         spec = run.spec
         cols[needs(spec)] = [w.needs(spec.name) for w in work]

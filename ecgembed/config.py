@@ -20,8 +20,7 @@ from ecgembed.models.registry import SPECS
 from ecgembed.models.spec import PRECISIONS, STAND_IN
 
 RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-METADATA_FIELDS = ("sex", "age", "birth_date", "patient_id", "patient_name", "acquisition_time", "device", "site",
-                   "diagnosis")
+from ecgembed.sources.formats.base import METADATA_KEYS as METADATA_FIELDS  # noqa: E402 - what decoders fill
 
 
 def _flag(help: str, **argparse_kwargs) -> dict:
@@ -90,6 +89,9 @@ class RunConfig:
     metadata: tuple[str, ...] = field(default=(), metadata=_flag(
         "opt in to a record_metadata table with these fields of the files (PHI!): "
         + ",".join(METADATA_FIELDS), type=_csv, metavar="FIELDS"))
+    manifest_columns: tuple[str, ...] = field(default=(), metadata=_flag(
+        "copy these manifest CSV columns into a record_attributes table keyed by record id (possible PHI)",
+        type=_csv, metavar="A,B,C"))
     progress_interval_s: float = field(default=10.0, metadata=_flag(
         "seconds between [ecgembed] progress lines in logs (default 10)", flag="--progress-interval",
         type=float, metavar="S"))
@@ -175,6 +177,9 @@ class RunConfig:
             raise ConfigError("--progress-interval must be > 0")
         if self.run_id is not None and not RUN_ID.match(self.run_id):
             raise ConfigError(f"--run-id must match [A-Za-z0-9._-]+ (1-128 characters), not {self.run_id!r}")
+        bad = [c for c in self.manifest_columns if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", c)]
+        if bad:
+            raise ConfigError(f"--manifest-columns: {', '.join(bad)} are not plain column names (letters, digits, _)")
         unknown_fields = [f for f in self.metadata if f not in METADATA_FIELDS]
         if unknown_fields:
             raise ConfigError(f"--metadata: unknown field(s) {', '.join(unknown_fields)}; "
@@ -186,13 +191,16 @@ class RunConfig:
         """The configuration as plain values, with credentials removed from every URI (for manifests)."""
         from ecgembed.storage import redact
 
-        out = asdict(self)
-        out["inputs"] = [redact(u) for u in self.inputs]
-        out["output"] = redact(self.output)
-        out["weights"] = {m: (redact(u) if u else u) for m, u in self.weights.items()}
-        if self.weights_dir:
-            out["weights_dir"] = redact(self.weights_dir)
-        return out
+        def clean(value):
+            if isinstance(value, str):
+                return redact(value)
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [clean(v) for v in value]
+            return value
+
+        return clean(asdict(self))
 
 
 # ---- the command line, generated from the fields above ---------------------------------------------

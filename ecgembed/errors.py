@@ -16,17 +16,23 @@ from __future__ import annotations
 # bytes: re-running on unchanged bytes gives the same error, so a nightly run need not retry
 # them. Transient ones (I/O) are retried.
 ERROR_TYPES: dict[str, tuple[bool, str]] = {
-    "bad_header": (True, "the header cannot be parsed (not a WFDB header, or a malformed line)"),
-    "missing_file": (True, "a file the header names does not exist next to it"),
-    "truncated": (True, "a signal file holds fewer samples than the header declares"),
+    "bad_header": (True, "the header or metadata cannot be parsed (a malformed line, field or attribute)"),
+    "missing_file": (True, "a file the record needs (header, signal file, companion) does not exist"),
+    "truncated": (True, "a file holds fewer samples or bytes than it declares"),
     "unsupported_format": (True, "a storage format this reader does not decode"),
     "empty_signal": (True, "the record has no samples"),
     "missing_leads": (True, "the 12 standard leads are not all present and cannot be derived"),
     "non_finite": (True, "a required lead has no finite sample at all"),
     "bad_sampling_rate": (True, "the sampling rate is missing, zero or absurd"),
     "not_ecg": (True, "the input is not an ECG record ecgembed can read"),
+    "corrupt": (True, "the payload cannot be decoded (malformed XML, bad base64, bad compression, checksum mismatch)"),
+    "too_large": (True, "the record exceeds a size limit (object bytes, signal files, channels, samples)"),
+    "unsafe_path": (True, "a file name in the record points outside the record's folder or is not a regular file"),
+    "internal_error": (True, "an unexpected exception (a bug): the message names the exception type"),
     "fetch_failed": (False, "the bytes could not be fetched (network or storage error)"),
     "model_failed": (False, "the model raised while embedding a batch containing the record"),
+    "internal_error": (True, "an unexpected exception (a bug in ecgembed or a library): the message names its type "
+                             "and where it was raised; settled until --full, so one record cannot stop every night"),
 }
 
 

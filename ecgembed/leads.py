@@ -45,7 +45,7 @@ def canonical_lead(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class StandardLeads:
-    signal: np.ndarray          # float32 (12, n_samples) in MODEL_ORDER, mV
+    signal: np.ndarray          # float64 (12, n_samples) in MODEL_ORDER, mV
     fs: float
     source_index: tuple[int, ...]   # stored channel of each row, -1 where derived
     derived: tuple[str, ...]        # names of derived leads
@@ -76,7 +76,7 @@ def standard_leads(record: Record) -> StandardLeads:
         stored = ", ".join(repr(n) for n in record.sig_name) or "none"
         raise ECGError(record.uri, "missing_leads", f"missing leads {', '.join(missing)} that cannot be derived "
                                                     f"({len(record.sig_name)} channels stored: {stored})")
-    signal = np.stack([rows[lead] for lead in MODEL_ORDER]).astype(np.float32, copy=False)
+    signal = np.stack([rows[lead] for lead in MODEL_ORDER]).astype(np.float64, copy=False)   # (12, N)
     index = tuple(found.get(lead, -1) if lead not in derived else -1 for lead in MODEL_ORDER)
     return StandardLeads(signal, record.fs, index, tuple(lead for lead in MODEL_ORDER if lead in derived))
 

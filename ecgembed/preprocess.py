@@ -5,7 +5,8 @@ sampling rate, and work in float64 before casting to float32, as the reference c
 
 **MELP** (``melp_input``, 12 x 5000, 500 Hz, 10 s): non-finite samples -> 0; a record not at
 500 Hz is resampled to 500 Hz with a polyphase filter (``scipy.signal.resample_poly``, the
-ratio reduced to integers; the original code only ever saw 500 Hz, so this is our choice);
+ratio reduced to integers of at most :data:`MAX_POLY_FACTOR`, see :func:`resample_ratio`; the
+original code only ever saw 500 Hz, so this is our choice);
 the first 5000 samples are kept, a shorter record is zero-padded at the end; then one
 min-max over the whole 12 x 5000 array: ``(x - min) / (max - min + 1e-8)``. The global scaling
 keeps the ratios between leads and makes the input independent of the amplitude unit.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
@@ -30,11 +32,16 @@ import numpy as np
 import scipy.fft
 import scipy.signal
 
+from ecgembed.errors import ECGError
 from ecgembed.leads import MODEL_ORDER
 
 MELP_FS, MELP_SAMPLES = 500, 5000
 KED_FS, KED_SAMPLES = 100, 1000
 MINMAX_EPS = 1e-8
+# Rates preprocessing accepts (the reader's limits are narrower: 50-20,000 Hz by default), and the
+# largest polyphase up/down factor (a filter of ~20x that many taps; version 1 had no bound).
+MIN_FS, MAX_FS = 1.0, 100_000.0
+MAX_POLY_FACTOR = 20_000
 
 # Thresholds of the quality flags (documented in docs/preprocessing.md).
 FLAT_PTP_MV = 0.02            # a lead whose peak-to-peak is below 20 µV carries no signal
@@ -65,29 +72,60 @@ def _finite(signal: np.ndarray) -> np.ndarray:
     return x
 
 
-def _check(signal: np.ndarray) -> None:
-    if signal.ndim != 2 or signal.shape[0] != 12:
+def _check(signal: np.ndarray, uri: str = "") -> None:
+    if signal.ndim != 2 or signal.shape[0] != 12:   # a caller's bug, not a property of the record
         raise ValueError(f"expected the 12 standard leads as a (12, N) array, got shape {signal.shape}")
     if signal.shape[1] == 0:
-        raise ValueError("the signal has no samples")
+        raise ECGError(uri, "empty_signal", "the signal has no samples")
 
 
-def resample_to(x: np.ndarray, fs: float, target_fs: int) -> np.ndarray:
+def _check_fs(fs: float, uri: str) -> float:
+    if not (isinstance(fs, (int, float, np.floating, np.integer)) and math.isfinite(fs) and MIN_FS <= fs <= MAX_FS):
+        raise ECGError(uri, "bad_sampling_rate",
+                       f"cannot resample from {fs!r} Hz (supported: {MIN_FS:g}-{MAX_FS:g} Hz)")
+    return float(fs)
+
+
+def resample_ratio(fs: float, target_fs: int) -> Fraction:
+    """``target_fs / fs`` as the integer up/down factors of the polyphase filter.
+
+    The rate is read as ``Fraction(fs).limit_denominator(10_000)`` (version 1, unchanged). When
+    that makes a factor larger than :data:`MAX_POLY_FACTOR` (e.g. 499.9999 Hz -> 5,000,000/4,999,999,
+    a 10^8-tap filter), the ratio itself is approximated with factors within the bound (for
+    499.9999 Hz: 1/1, a 2e-7 relative rate error), so the cost stays proportional to the record.
+    Every integer rate from 1 to 20,000 Hz, and every rate already handled in version 1 without
+    such a factor, gets exactly the version-1 factors, hence bit-identical outputs.
+    """
+    ratio = Fraction(target_fs) / Fraction(fs).limit_denominator(10_000)
+    if max(ratio.numerator, ratio.denominator) <= MAX_POLY_FACTOR:
+        return ratio
+    exact = Fraction(target_fs) / Fraction(fs)
+    bound = min(MAX_POLY_FACTOR, int(MAX_POLY_FACTOR / exact)) if exact > 1 else MAX_POLY_FACTOR
+    return exact.limit_denominator(max(bound, 1))
+
+
+def resample_to(x: np.ndarray, fs: float, target_fs: int, uri: str = "") -> np.ndarray:
     """Polyphase resampling of (12, N) float64 from ``fs`` to ``target_fs`` (identity if equal)."""
     if fs == target_fs:
         return x
-    ratio = Fraction(target_fs) / Fraction(fs).limit_denominator(10_000)
+    ratio = resample_ratio(_check_fs(fs, uri), target_fs)
+    if ratio == 1:
+        return x
     return scipy.signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=1)
 
 
-def melp_input(signal: np.ndarray, fs: float) -> np.ndarray:
-    """MELP's model input: float32 (12, 5000), globally min-max scaled to [0, 1]."""
-    _check(signal)
+def melp_input(signal: np.ndarray, fs: float, uri: str = "") -> np.ndarray:
+    """MELP's model input: float32 (12, 5000), globally min-max scaled to [0, 1].
+
+    ``uri`` names the record in the :class:`ECGError` raised for an unusable rate or length.
+    """
+    _check(signal, uri)
+    fs = _check_fs(fs, uri)
     x = _finite(signal)
     if fs != MELP_FS:
         # only the first 10 s are used: resample a little more than that, not a 30-min Holter
         keep = int(np.ceil((MELP_SAMPLES + 64) * fs / MELP_FS))
-        x = resample_to(x[:, :keep], fs, MELP_FS)
+        x = resample_to(x[:, :keep], fs, MELP_FS, uri)
     out = np.zeros((12, MELP_SAMPLES), np.float64)
     n = min(MELP_SAMPLES, x.shape[1])
     out[:, :n] = x[:, :n]
@@ -111,14 +149,16 @@ def ked_resampled_length(n_samples: int, fs: float) -> int:
     return int(Fraction(n_samples * KED_FS) / Fraction(fs))
 
 
-def ked_input(signal: np.ndarray, fs: float) -> np.ndarray:
+def ked_input(signal: np.ndarray, fs: float, uri: str = "") -> np.ndarray:
     """ECGFM-KED's model input: float32 (12, 1000) at 100 Hz, in mV, not normalised."""
-    _check(signal)
+    _check(signal, uri)
+    fs = _check_fs(fs, uri)
     x = _finite(signal)
     if fs != KED_FS:
         n = ked_resampled_length(x.shape[1], fs)
         if n == 0:
-            raise ValueError(f"{x.shape[1]} samples at {fs} Hz is shorter than one sample at {KED_FS} Hz")
+            raise ECGError(uri, "empty_signal", f"{x.shape[1]} samples at {fs:g} Hz is shorter than one sample at "
+                                                f"{KED_FS} Hz")
         x = fft_resample(x, n)
     n = x.shape[1]
     if n >= KED_SAMPLES:
@@ -147,9 +187,10 @@ class QualityFlags:
         return asdict(self)
 
 
-def quality_flags(signal: np.ndarray, fs: float, derived: tuple[str, ...] = ()) -> QualityFlags:
+def quality_flags(signal: np.ndarray, fs: float, derived: tuple[str, ...] = (), uri: str = "") -> QualityFlags:
     """Quality flags of the (12, N) standard-lead signal in mV."""
-    _check(signal)
+    _check(signal, uri)
+    fs = _check_fs(fs, uri)
     finite = np.isfinite(signal)
     clean = np.where(finite, signal, np.nan)
     with np.errstate(all="ignore"):

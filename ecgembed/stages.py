@@ -29,8 +29,10 @@ from ecgembed.leads import standard_leads
 from ecgembed.models.registry import SPECS
 from ecgembed.plan import ModelPlan
 from ecgembed.preprocess import quality_flags
+from ecgembed.sources.discover import RecordRef
+from ecgembed.sources.formats.base import Limits
 from ecgembed.sources.reader import decode_raw, fetch_many
-from ecgembed.storage import redact
+from ecgembed.storage import redact, redact_text
 from ecgembed.tables.schemas import QUALITY
 
 QUALITY_COLUMNS = tuple(f.name for f in QUALITY)          # the schema module owns the names and types
@@ -70,6 +72,8 @@ class _Outcome:
         for key, values in batch.items():          # what the ledger decided passes through
             if key.startswith(("needs_", "embed_", "score_")):
                 self.cols[key] = np.asarray(values, dtype=bool)
+            elif key.startswith(C.attribute("")):
+                self.cols[key] = np.asarray(values, dtype=object)
         self.specs = [SPECS[m] for m in models]
         for spec in self.specs:
             self.cols[C.model_input(spec)] = np.zeros((n, *spec.input_shape), np.float32)
@@ -81,12 +85,22 @@ class _Outcome:
         self.cols[C.ERROR_MESSAGE][i] = message
 
 
-def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, progress=None) -> dict[str, np.ndarray]:
-    """CPU stage: fetch (many requests in flight), decode, pick leads, flags, each needed model input."""
+def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits: Limits = Limits(), progress=None,
+            fault_hook: str | None = None, metadata: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """CPU stage: fetch (many requests in flight), decode, pick leads, flags, each needed model input.
+
+    ``metadata``: the fields of the files' own metadata the user opted in to (``--metadata``).
+    """
     out = _Outcome(batch, models)
+    for field in metadata:
+        out.cols[C.metadata(field)] = np.full(out.n, "", dtype=object)
+    fault = _resolve(fault_hook) if fault_hook else None
     timings = {"fetch": 0.0, "decode": 0.0, "preprocess": 0.0}
     t0 = time.perf_counter()
-    raws = fetch_with_retries(list(zip(batch[C.URI].tolist(), batch[C.RECORD_ID].tolist())), limits)
+    refs = [RecordRef(rid, uri, "", fp, fmt) for rid, uri, fp, fmt in
+            zip(batch[C.RECORD_ID].tolist(), batch[C.URI].tolist(), batch[C.FINGERPRINT].tolist(),
+                batch[C.FORMAT].tolist())]
+    raws = fetch_with_retries(refs, limits)
     timings["fetch"] = time.perf_counter() - t0
     internal = 0
     for i, raw in enumerate(raws):
@@ -97,17 +111,22 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, 
             out.cols[C.CONTENT_SHA256][i] = raw.content_sha256
             t = time.perf_counter()
             step = "decode"
-            record = decode_raw(raw, limits) if limits is not None else decode_raw(raw)
+            record = decode_raw(raw, limits)
+            out.cols[C.FORMAT][i] = record.format
+            for field in metadata:
+                out.cols[C.metadata(field)][i] = str(record.metadata.get(field, ""))
             step = "leads"
+            if fault is not None:
+                fault(step, str(batch[C.RECORD_ID][i]))
             leads = standard_leads(record)
             timings["decode"] += time.perf_counter() - t
             t = time.perf_counter()
             step = "quality"
-            flags = quality_flags(leads.signal, leads.fs, leads.derived).as_dict()
+            flags = quality_flags(leads.signal, leads.fs, leads.derived, uri=record.uri).as_dict()
             for name in QUALITY_COLUMNS:
                 value = flags[name]
                 out.cols[name][i] = ",".join(value) if isinstance(value, tuple) else value
-            out.cols[C.NOTES][i] = ",".join(getattr(record, "notes", ()) or ())
+            out.cols[C.NOTES][i] = ",".join(record.notes)
             for spec in out.specs:
                 if out.cols[C.needs(spec)][i]:
                     step = f"{spec.name} input"
@@ -119,23 +138,29 @@ def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits=None, 
         except Exception as exc:  # noqa: BLE001 - no record may stop a run: a bug becomes its error row
             internal += 1
             out.fail(i, step, "internal_error", f"{redact(str(batch[C.URI][i]))}: {step}: {_internal(exc)}")
+        else:
+            continue
+        out.cols[C.ERROR_MESSAGE][i] = redact_text(out.cols[C.ERROR_MESSAGE][i])
     if progress is not None:
-        failed = int((out.cols[C.STATUS] == C.ERROR).sum())
-        progress.add.remote(read=out.n, failed=failed, internal_errors=internal,
-                            **{f"seconds_{k}": v for k, v in timings.items()})
+        failed = out.cols[C.STATUS] == C.ERROR
+        histogram: dict[str, int] = {}
+        for key in [f"error:{t}" for t in out.cols[C.ERROR_TYPE][failed]] + \
+                   [f"stage:{s}" for s in out.cols[C.ERROR_STAGE][failed]]:
+            histogram[key] = histogram.get(key, 0) + 1
+        progress.add.remote(read=out.n, failed=int(failed.sum()), internal_errors=internal,
+                            **{f"seconds_{k}": v for k, v in timings.items()}, **histogram)
     return out.cols
 
 
-def fetch_with_retries(refs: list[tuple[str, str]], limits=None) -> list:
+def fetch_with_retries(refs: list[RecordRef], limits: Limits) -> list:
     """:func:`fetch_many`, retrying records whose fetch failed transiently (network, storage)."""
-    fetch = (lambda r: fetch_many(r, limits)) if limits is not None else fetch_many
-    results = fetch(refs)
+    results = fetch_many(refs, limits)
     for delay in FETCH_BACKOFF_S[: FETCH_ATTEMPTS - 1]:
         again = [i for i, r in enumerate(results) if isinstance(r, ECGError) and r.error_type == "fetch_failed"]
         if not again:
             break
         time.sleep(delay)
-        for i, result in zip(again, fetch([refs[i] for i in again])):
+        for i, result in zip(again, fetch_many([refs[i] for i in again], limits)):
             results[i] = result
     return results
 
@@ -189,9 +214,12 @@ class ModelStage:
         batch = batch.append_column(C.model_error_type(spec), pa.array(error_type, pa.string()))
         batch = batch.append_column(C.model_error(spec), pa.array(error, pa.string()))
         if self.progress is not None:
-            failed = int((error_type[ok] != "").sum())
-            self.progress.add.remote(**{f"{spec.name}_embedded": int(len(ok)) - failed, f"{spec.name}_failed": failed,
-                                        f"seconds_{spec.name}": time.perf_counter() - start})
+            failed = [t for t in error_type[ok] if t]
+            counts = {f"{spec.name}_embedded": int(len(ok)) - len(failed), f"{spec.name}_failed": len(failed),
+                      f"{spec.name}_rows": n, f"seconds_{spec.name}": time.perf_counter() - start}
+            for t in failed:
+                counts[f"{spec.name}_error:{t}"] = counts.get(f"{spec.name}_error:{t}", 0) + 1
+            self.progress.add.remote(**counts)
         return batch
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -240,6 +268,8 @@ def _resolve(spec: str):
     return functools.partial(fn, argument) if argument else fn
 
 
-def fault_hook_from_env() -> str | None:
-    """Tests inject faults through ECGEMBED_FAULT_HOOK="module:function[:arg]"; never set in production."""
-    return os.environ.get("ECGEMBED_FAULT_HOOK") or None
+def fault_hook_from_env(name: str = "ECGEMBED_FAULT_HOOK") -> str | None:
+    """Tests inject faults through ECGEMBED_FAULT_HOOK (model stages: called with the model and the
+    batch index) and ECGEMBED_PREPARE_FAULT_HOOK (prepare: called with the step and the record id),
+    each "module:function[:arg]"; never set in production."""
+    return os.environ.get(name) or None

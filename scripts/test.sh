@@ -3,6 +3,15 @@
 # Extra arguments go to pytest. pytest's exit 5 ("no tests collected") counts as a failure.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export HF_HUB_OFFLINE=1
+# tests/test_report.py opens the run report in a real headless Chromium (Debian's `chromium`).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+      echo "scripts/test.sh: could not install chromium: the report's browser tests will skip" >&2
+  else
+    echo "scripts/test.sh: chromium is not installed and this is not root: the report's browser tests will skip" >&2
+  fi
+fi
 set +e
 python -m pytest "$@"
 rc=$?

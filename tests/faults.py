@@ -33,3 +33,10 @@ def slow(seconds: str, model: str, batch_index: int) -> None:
     import time
 
     time.sleep(float(seconds))
+
+
+def bug_for(record_id: str, step: str, current: str) -> None:
+    """ECGEMBED_PREPARE_FAULT_HOOK=tests.faults:bug_for:<record id> raises an unexpected exception
+    (a stand-in for a bug in ecgembed or a library) while preparing that one record."""
+    if current == record_id:
+        raise ZeroDivisionError("float division by zero in a library nobody expected to fail")

@@ -21,7 +21,7 @@ def test_inspect_sample_folder_reports_ok_and_error_rows(capsys):
     capsys.readouterr()
     assert main(["inspect", "--show-comments", samples]) == 0
     rows = {r["record_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
-    assert rows["georgia/E07500"]["metadata"]["Dx"] and any(c.startswith("Dx") for c in rows["georgia/E07500"]["comments"])
+    assert rows["georgia/E07500"]["metadata"]["diagnosis"] and any(c.startswith("Dx") for c in rows["georgia/E07500"]["comments"])
 
 
 def test_inspect_single_record_without_extension(ecg_dir, capsys):

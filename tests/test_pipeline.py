@@ -38,7 +38,9 @@ def test_job_from_s3_to_s3_read_back_with_duckdb(ecg_dir, s3, ray_local, conform
     manifest = run(RunConfig(inputs=[archive], output=output, labels=["cpsc2018", "chapman"], progress_interval_s=5,
                              **conformance_weights))
     discovered = manifest["discovered"]
-    assert discovered == len(list(ecg_dir.rglob("*.hea"))) + 2
+    from ecgembed.sources import discover
+
+    assert discovered == len(discover(archive).refs) == len(list(ecg_dir.rglob("*.hea"))) + 2 + 15  # + 15 vendor files
     con = connect(output)
     errors = {m: con.execute("select count(*) from errors where model is null or model = ?",
                              [m]).fetchall()[0][0] for m in ("melp", "ecgfm-ked")}

@@ -55,7 +55,7 @@ def test_ked_short_record_is_centred_with_zero_padding():
 
 def test_ked_at_100_hz_is_not_resampled(ecg_dir):
     leads = standard_leads(read_record(ecg_dir / "ptbxl_records100" / "00001_lr"))
-    np.testing.assert_array_equal(ked_input(leads.signal, leads.fs), leads.signal)
+    np.testing.assert_array_equal(ked_input(leads.signal, leads.fs), leads.signal.astype(np.float32))
 
 
 def test_melp_from_other_rates(ecg_dir):

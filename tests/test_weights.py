@@ -82,3 +82,27 @@ def test_unreachable_server_is_not_reported_as_a_missing_file(tmp_cache):
     port = free_port()   # nothing listens there
     with pytest.raises(WeightsError, match="cannot reach the server.*offline"):
         weights.fetch(f"http://127.0.0.1:{port}/model.pt")
+
+
+def test_a_lock_next_to_the_file_or_one_folder_up_is_checked(blob, tmp_path, tmp_cache):
+    path, sha = blob                                    # <src>/org/repo/model.bin
+    folder = path.parent.parent                         # the lock sits one folder up: <src>/org
+    weights.write_lock(str(folder), {"format": 1, "files": {"repo/model.bin": {"sha256": sha, "size": 1}}})
+    assert weights.expected_sha256(str(path)) == sha
+    assert weights.lock_for(str(path))["lock"] == str(folder / weights.LOCK_FILE)
+    assert weights.fetch(str(path)).sha256 == sha
+
+    path.write_bytes(b"replaced")
+    changed = hashlib.sha256(b"replaced").hexdigest()
+    with pytest.raises(WeightsError, match=f"{path}: sha256 {changed} does not match {sha} recorded for "
+                                           "repo/model.bin"):
+        weights.fetch(str(path))
+
+    other = path.parent / "unlisted.bin"                # files the lock does not list are not checked
+    other.write_bytes(b"free")
+    assert weights.fetch(str(other)).sha256 == hashlib.sha256(b"free").hexdigest()
+    assert weights.expected_sha256(str(other)) is None
+
+    (folder / weights.LOCK_FILE).write_text("{not json")
+    with pytest.raises(WeightsError, match="not a readable weights lock"):
+        weights.fetch(str(other))

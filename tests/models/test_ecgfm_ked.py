@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ecgembed.labels import LabelClass, LabelSet
-from ecgembed.models.ecgfm_ked import KEDConfig, class_features, load_ked, load_ked_text
+from ecgembed.models.ecgfm_ked import DEFAULT_TEXT_MODEL, KEDConfig, class_features, load_ked, load_ked_text
 from ecgembed.models.ecgfm_ked import text as ked_text
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -122,61 +122,59 @@ def test_text_model_from_s3_folder_and_default_hub_id(ked_weights_file, ref, s3,
         shutil.copy(folder / name, repo / name)
     hf_hub(tmp_path / "hub")
     text = load_ked_text(str(ked_weights_file))
-    assert text.files.config.uri == "hf://emilyalsentzer/Bio_ClinicalBERT/config.json"
+    assert text.files.config.uri == f"{DEFAULT_TEXT_MODEL}/config.json"   # the pinned revision
     close(text.encode(ref["texts"]), ref["text_features"])
 
 
 # --------------------------------------------------------------------------- public API
 def test_forward_and_embed_end_to_end(model, text, ref):
     feats = text.encode(ref["texts"])
-    out = model.embed(ref["inputs"], feats)
+    out = model.embed(ref["inputs"], [feats])
     assert set(out) == {"embedding", "scores"}
-    assert out["embedding"].dtype == np.float32 and out["scores"].shape == (4, 5)
+    assert out["embedding"].dtype == np.float32 and out["scores"][0].shape == (4, 5)
     close(out["embedding"], ref["ecg_embedding"])
-    close(out["scores"], ref["zs_scores"])
+    close(out["scores"][0], ref["zs_scores"])
     # scores are left out without class features; torch in, torch out for forward()
     assert set(model.embed(ref["inputs"])) == {"embedding"}
     with torch.inference_mode():
-        fwd = model(torch.from_numpy(ref["inputs"]), torch.from_numpy(feats))
-    close(fwd["scores"], ref["zs_scores"])
+        fwd = model(torch.from_numpy(ref["inputs"]), [torch.from_numpy(feats)])
+    close(fwd["scores"][0], ref["zs_scores"])
 
 
 def test_several_label_sets_share_one_trunk_pass(model, ref):
-    """embed_label_sets scores each set as if alone (one trunk pass for all of them)."""
+    """embed scores each label set as if alone (one trunk pass for all of them)."""
     feats = ref["text_features"]
     sets = [feats, feats[:3], feats[[4, 1]]]
-    got = model.embed_label_sets(ref["inputs"], sets)
+    got = model.embed(ref["inputs"], sets)
     close(got["embedding"], ref["ecg_embedding"])
     assert [s.shape for s in got["scores"]] == [(4, 5), (4, 3), (4, 2)]
     for scores, f in zip(got["scores"], sets):
-        np.testing.assert_allclose(scores, model.embed(ref["inputs"], f)["scores"], atol=1e-6)
-    assert model.embed_label_sets(ref["inputs"], [])["scores"] == []
+        np.testing.assert_allclose(scores, model.embed(ref["inputs"], [f])["scores"][0], atol=1e-6)
+    assert model.embed(ref["inputs"], [])["scores"] == []
+    # class features already on the device (uploaded once by an actor) give the same numbers
+    on_device = model.to_device(sets)
+    assert all(isinstance(t, torch.Tensor) and t.device == model.device for t in on_device)
+    for a, b in zip(model.embed(ref["inputs"], on_device)["scores"], got["scores"]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_scores_follow_class_order_but_depend_on_the_set(model, ref):
     feats = ref["text_features"]
     x = ref["inputs"][:2]
-    base = model.embed(x, feats)["scores"]
+    base = model.embed(x, [feats])["scores"][0]
     perm = [3, 0, 4, 1, 2]
-    np.testing.assert_allclose(model.embed(x, feats[perm])["scores"], base[:, perm], atol=1e-5)
-    subset = model.embed(x, feats[:3])["scores"]
+    np.testing.assert_allclose(model.embed(x, [feats[perm]])["scores"][0], base[:, perm], atol=1e-5)
+    subset = model.embed(x, [feats[:3]])["scores"][0]
     assert np.abs(subset - base[:, :3]).max() > 1e-4  # queries attend to each other
-
-
-def test_embed_autocast_bf16_close_to_fp32(model, ref):
-    out = model.embed(ref["inputs"][:2], ref["text_features"], autocast_bf16=True)
-    assert out["embedding"].dtype == np.float32 and out["scores"].dtype == np.float32
-    emb, want = out["embedding"], ref["ecg_embedding"][:2]
-    cosine = (emb * want).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(want, axis=1)
-    assert cosine.min() > 0.99
-    assert np.abs(out["scores"] - ref["zs_scores"][:2]).max() < 0.05
 
 
 def test_bad_input_shapes_are_refused(model):
     with pytest.raises(ValueError, match=r"\(B, 12, 1000\)"):
         model.embed(np.zeros((1, 12, 5000), np.float32))   # MELP's 500 Hz input by mistake
     with pytest.raises(ValueError, match="class_features"):
-        model.embed(np.zeros((1, 12, 1000), np.float32), np.zeros((3, 256), np.float32))
+        model.embed(np.zeros((1, 12, 1000), np.float32), [np.zeros((3, 256), np.float32)])
+    with pytest.raises(TypeError, match="one \\(C, 768\\) array per label set"):
+        model.embed(np.zeros((1, 12, 1000), np.float32), np.zeros((3, 768), np.float32))  # not in a list
 
 
 # --------------------------------------------------------------------------- class-feature cache
@@ -216,6 +214,6 @@ def test_e2e_raw_wfdb_to_embedding_and_scores(model, text, ref, shared_dir):
         x.append(ked_input(leads.signal, leads.fs))
     x = np.stack(x)
     np.testing.assert_allclose(x, np.load(e2e / "ked_inputs.npy"), atol=1e-5, rtol=0)
-    out = model.embed(x, text.encode(ref["texts"]))
+    out = model.embed(x, [text.encode(ref["texts"])])
     close(out["embedding"], expected["ked_embedding"])
-    close(out["scores"], expected["ked_scores"])
+    close(out["scores"][0], expected["ked_scores"])

@@ -180,7 +180,7 @@ def test_config_json_wrong_model_type(melp_weights_dir, tmp_path, tmp_cache):
 def test_bad_dtype_and_option_combinations(melp_weights_dir):
     with pytest.raises(ValueError, match="dtype"):
         load_encoder(melp_weights_dir / "model.safetensors", dtype=torch.float16)
-    with pytest.raises(ValueError, match="autocast_bf16 needs fp32"):
-        load_melp(str(melp_weights_dir), dtype=torch.bfloat16, autocast_bf16=True)
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, not 'fp16'"):
+        load_melp(str(melp_weights_dir), precision="fp16")
     with pytest.raises(ValueError, match="text_weights and text_model go together"):
         load_melp(str(melp_weights_dir), text_weights="x.safetensors")

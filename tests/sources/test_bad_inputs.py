@@ -57,7 +57,7 @@ def test_missing_header(tmp_path):
 @pytest.mark.parametrize("content, problem", [
     (b"\x89PNG\r\n\x1a\n\x00\x00binary", "binary data where a WFDB text header was expected"),
     (b"# only a comment\n", "no record line"),
-    (b"rec twelve 500 5000\nrec.dat 16 1000/mV 16 0 0 0 0 I\n", "malformed record line"),
+    (b"rec twelve 500 5000\nrec.dat 16 1000/mV 16 0 0 0 0 I\n", "malformed number of signals 'twelve'"),
     (b"rec 3 500 5000\nrec.dat 16 1000/mV 16 0 0 0 0 I\n", "declares 3 signals but 1 signal lines follow"),
     (b"rec 1 500 5000\nrec.dat 16 gain?/mV 16 0 0 0 0 I\n", "malformed gain field"),
 ])
@@ -85,9 +85,10 @@ def test_unknown_format_code(good):
     assert err.error_type == "unsupported_format" and "signal format 999 of rec.dat is not supported" in err.problem
 
 
-def test_flac_format_is_reported_not_guessed(good):
+def test_flac_format_on_non_flac_bytes_is_reported_not_guessed(good):
     good.write_text(good.read_text().replace(" 16 1000", " 516 1000"))
-    assert _error(good).error_type == "unsupported_format"
+    err = _error(good)
+    assert err.error_type == "corrupt" and "not a FLAC stream" in err.problem and err.uri.endswith("rec.dat")
 
 
 def test_two_lead_holter_is_not_a_12_lead_ecg(tmp_path):
@@ -117,7 +118,8 @@ def test_a_lead_with_no_finite_sample_is_an_error(tmp_path):
 
 
 def test_not_an_ecg_file(ecg_dir, tmp_path):
-    xml = shutil.copy(ecg_dir / "ge-muse_EGM" / "muse-sinus.xml", tmp_path / "muse.xml")
+    """An .xml that is no ECG export (here a Markdown file): the bytes say so, not the extension."""
+    xml = shutil.copy(ecg_dir / "SOURCES.md", tmp_path / "export.xml")
     err = _error(xml)
     assert err.error_type == "not_ecg" and "'.xml'" in err.problem
 

@@ -16,7 +16,7 @@ def _wfdb_reference(header_path: str):
     """wfdb's physical signal, channels first, in mV (wfdb keeps the stored unit)."""
     rec = wfdb.rdrecord(header_path[: -len(".hea")], physical=True)
     scale = np.array([mv_scale(u) or 1.0 for u in rec.units])[:, None]
-    return rec, (rec.p_signal.T * scale).astype(np.float32)
+    return rec, rec.p_signal.T * scale
 
 
 def _all_headers(ecg_dir):
@@ -29,8 +29,8 @@ def _assert_same(ours, ref_rec, ref_signal):
     assert ours.sig_name == ref_rec.sig_name
     assert ours.units == ref_rec.units
     assert ours.fs == ref_rec.fs
-    assert ours.signal.dtype == np.float32 and ours.signal.shape == ref_signal.shape
-    # bit-identical: the same float64 arithmetic, then the same cast
+    assert ours.signal.dtype == np.float64 and ours.signal.shape == ref_signal.shape
+    # bit-identical: the same float64 arithmetic
     np.testing.assert_array_equal(ours.signal, ref_signal)
 
 
@@ -65,10 +65,11 @@ def test_multi_file_record_ptbdb(ecg_dir):
 def test_header_metadata_and_lower_case_units(ecg_dir):
     rec = read_record(ecg_dir / "cinc2021_torch-ecg" / "HR06000")
     assert rec.units == ["mv"] * 12  # as stored; the signal is in mV all the same
-    assert rec.metadata == {"Age": "59", "Sex": "Female", "Dx": "164934002,426783006", "Rx": "Unknown",
-                            "Hx": "Unknown", "Sx": "Unknown"}
+    # fixed metadata keys (PHI-capable: written only on opt-in); every comment stays in comments
+    assert rec.metadata == {"age": "59", "sex": "Female", "diagnosis": "164934002,426783006"}
+    assert "Rx: Unknown" in rec.comments
     cpsc = read_record(ecg_dir / "cpsc2018_cinc2020" / "A0001.hea")
-    assert cpsc.metadata["Dx"] == "RBBB" and cpsc.n_samples == 7500 and cpsc.duration_s == 15.0
+    assert cpsc.metadata["diagnosis"] == "RBBB" and cpsc.n_samples == 7500 and cpsc.duration_s == 15.0
     assert cpsc.record_id == "A0001"
 
 

@@ -10,11 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Zenodo record 14881564, the one checkpoint the paper released (MIMIC-IV-ECG pre-training).
-DEFAULT_WEIGHTS_URI = (
-    "https://zenodo.org/records/14881564/files/best_valid_all_increase_with_augment_epoch_3.pt"
-)
-# Tokenizer + BERT config of the text side; its weights come from the .pt (`text_encoder`).
-DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
+# A published Zenodo record's files cannot be changed (a new upload is a new record id), so the
+# record id pins the bytes; no checksum is published in the sources we read, so
+# ``ecgembed weights pull`` records the sha256 at the first pull (``weights.lock.json``).
+ZENODO_RECORD = "14881564"
+WEIGHTS_FILE = "best_valid_all_increase_with_augment_epoch_3.pt"
+DEFAULT_WEIGHTS_URI = f"https://zenodo.org/records/{ZENODO_RECORD}/files/{WEIGHTS_FILE}"
+WEIGHTS_LICENSE = "not stated in the sources read; see the Zenodo record"
+# Tokenizer + BERT config of the text side (its weights come from the .pt's `text_encoder`),
+# pinned to a Hub commit of emilyalsentzer/Bio_ClinicalBERT: d5892b3, the revision other
+# projects pin as the model's long-standing `main`. A later commit added a model.safetensors
+# that ecgembed does not use; config.json and vocab.txt are the files the text side reads.
+DEFAULT_TEXT_MODEL_REVISION = "d5892b39a4adaed74b92212a44081509db72f87b"
+DEFAULT_TEXT_MODEL = f"hf://emilyalsentzer/Bio_ClinicalBERT@{DEFAULT_TEXT_MODEL_REVISION}"
+TEXT_MODEL_LICENSE = "MIT"  # the licence on the hub model card
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,36 @@
 """ECGFM-KED for inference: ECG -> pooled embedding and zero-shot class scores.
 
     x (B, 12, 1000) float32, mV, 100 Hz ──► encoder (xresnet1d101) ──► tokens (B, 768, 32)
-        embedding = tokens.mean(-1)                                   (B, 768), raw
-        scores    = softmax(TQN(tokens, class_features), -1)[..., 1]  (B, C)
+        embedding = tokens.mean(-1)                                        (B, 768), raw
+        scores[i] = softmax(TQN(tokens, class_features[i]), -1)[..., 1]   (B, C_i), one per label set
 
-``class_features`` is the (C, 768) output of the text side for one label set, computed once
-and cached (``text.class_features``), so an ECG actor never loads BERT. Scores depend on the
-whole class list (the queries attend to each other): store them with their label set.
+``class_features`` is a list with one (C_i, 768) output of the text side per label set,
+computed once and cached (``text.class_features``), so an ECG actor never loads BERT; the
+actor uploads them once (:meth:`ECGFMKED.to_device`). Scores depend on the whole class list
+(the queries attend to each other): store them with their label set.
+
+Precision: ``"fp32"`` and ``"bf16"`` both run IEEE fp32 throughout (TF32 off on CUDA), so
+:func:`precision_tag` is ``""`` for both and switching ``--precision`` never re-embeds KED.
+Why: the zero-shot score is a softmax over TQN logits and moves far more than the embedding.
+Measured on the 8 e2e conformance records with the conformance weights and their 5 class
+texts (CPU autocast; min cosine of the embedding to fp32, largest score change):
+
+    trunk in bf16                       0.999995   0.0139
+    query network (TQN) in bf16         1.0        0.0075
+    both in bf16                        0.999995   0.0207
+    trunk in bf16 but its stem          0.999995   0.0144
+    trunk in bf16 but stem + stage 1    0.999995   0.0192
+    trunk stage 4 only in bf16          0.999998   0.0072
+    TQN layers in bf16, mlp_head fp32   1.0        0.0064
+    TQN first 3 of 7 layers in bf16     1.0        0.0053
+    convolutions in TF32 (emulated)     1.0        0.0013   (torch's CUDA default for cuDNN)
+    convolutions + linears in TF32      1.0        0.0015   (emulated)
+
+Every bf16 split spends half or more of the 0.01 score budget on 8 records, and the budget is
+what separates a label from its neighbour, so none is kept. KED is 1.1 GFLOP per record for
+the trunk plus 0.53 + 0.076 per class for the TQN (about 7 GFLOP with ptbxl's 71 classes)
+against MELP's 41.6, so fp32 KED is affordable next to bf16 MELP. If KED ever bounds a GPU
+run (``bench/gpu_check.sh`` prints both rates), TF32 is the measured candidate, not bf16.
 """
 
 from __future__ import annotations
@@ -14,6 +38,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+
+from ecgembed.models.execution import check_precision, features_to_device, ieee_fp32, to_device, to_host
 
 from .checkpoint import fetch_checkpoint, load_section, read_checkpoint
 from .config import DEFAULT_WEIGHTS_URI, KEDConfig
@@ -23,18 +49,32 @@ from .xresnet import XResNet1d
 # section of the released .pt -> our attribute that owns its tensors
 SECTIONS = {"ecg_model": "encoder", "model": "tqn"}
 
+# precision -> model_version suffix; "" for both: the bf16 policy runs KED in fp32 (docstring)
+PRECISION_TAGS = {"fp32": "", "bf16": ""}
+
+
+def precision_tag(precision: str) -> str:
+    """The ``model_version`` suffix of rows computed at ``precision``: ``""`` (always fp32, see above)."""
+    return PRECISION_TAGS[check_precision(precision)]
+
 
 class ECGFMKED(nn.Module):
-    def __init__(self, cfg: KEDConfig = KEDConfig(), model_version: str = ""):
+    def __init__(self, cfg: KEDConfig = KEDConfig(), model_version: str = "", precision: str = "fp32"):
         super().__init__()
         self.cfg = cfg
         self.model_version = model_version  # sha256 of the checkpoint file
+        self.precision = check_precision(precision)  # both run IEEE fp32 (module docstring)
         self.encoder = XResNet1d(cfg)
         self.tqn = QueryNetwork(cfg)
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def output_version(self) -> str:
+        """``model_version`` + the precision tag: the version the rows this object computes carry."""
+        return self.model_version + precision_tag(self.precision)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 12, 1000) -> (B, 768, 32) ECG tokens."""
@@ -50,56 +90,48 @@ class ECGFMKED(nn.Module):
         """ECG tokens (B, 768, 32) + class features (C, 768) -> TQN logits (B, C, 2)."""
         return self.tqn(tokens.transpose(1, 2), class_features)
 
-    def forward(self, x: torch.Tensor, class_features=None) -> dict[str, torch.Tensor]:
-        tokens = self.tokens(x)                                   # (B, 768, 32)
-        out = {"embedding": tokens.mean(-1)}                      # (B, 768)
-        if class_features is not None:
-            feats = self._as_features(class_features)             # (C, 768)
-            out["scores"] = self.logits(tokens, feats).softmax(-1)[..., 1]  # (B, C)
+    def to_device(self, features) -> list[torch.Tensor]:
+        """Class features (one (C_i, 768) array or tensor per label set) on the model's device as
+        float32; an actor calls this once and passes the result to every :meth:`embed`."""
+        return features_to_device(features, self.device, self.cfg.embed_dim, "ECGFM-KED")
+
+    def forward(self, x: torch.Tensor, class_features=None) -> dict:
+        """Tensors in: ``{"embedding": (B, 768)}`` plus ``"scores"``, one (B, C_i) per label set,
+        when ``class_features`` (a list, see :meth:`to_device`) is given. One trunk pass for all sets."""
+        feats = None if class_features is None else self.to_device(class_features)
+        x = x.to(device=self.device, dtype=torch.float32, non_blocking=True)
+        with ieee_fp32(self.device):
+            tokens = self.tokens(x)                                        # (B, 768, 32)
+            out: dict = {"embedding": tokens.mean(-1)}                     # (B, 768)
+            if feats is not None:
+                out["scores"] = [self.logits(tokens, f).softmax(-1)[..., 1] for f in feats]  # (B, C_i) each
         return out
 
-    @torch.inference_mode()
-    def embed(self, x: np.ndarray, class_features=None, autocast_bf16: bool = False) -> dict[str, np.ndarray]:
-        """numpy in, numpy out (float32), for notebooks and Ray actors."""
-        if self.training:
-            raise RuntimeError("ECGFM-KED is in train mode (BatchNorm would use batch statistics); call .eval()")
-        batch = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            out = self(batch, class_features)
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+    def embed(self, x: np.ndarray, class_features=None) -> dict[str, np.ndarray | list[np.ndarray]]:
+        """numpy in, numpy out (float32), for notebooks and Ray actors.
 
-    @torch.inference_mode()
-    def embed_label_sets(self, x: np.ndarray, feature_sets: list, autocast_bf16: bool = False) -> dict:
-        """One trunk pass, then the query network once per label set (scores depend on the whole set).
-
-        Returns ``{"embedding": (B, 768), "scores": [(B, C_i) for each set]}`` as numpy float32.
+        ``class_features``: None (no ``scores`` key) or a list with one (C_i, 768) array or device
+        tensor per label set -> ``scores``: a list of (B, C_i) arrays, each scored as if alone.
+        The batch goes to the device pinned and non-blocking; every output comes back in one copy.
         """
         if self.training:
             raise RuntimeError("ECGFM-KED is in train mode (BatchNorm would use batch statistics); call .eval()")
-        batch = torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
-            tokens = self.tokens(batch)                                            # (B, 768, 32)
-            scores = [self.logits(tokens, self._as_features(f)).softmax(-1)[..., 1] for f in feature_sets]
-        return {"embedding": tokens.mean(-1).float().cpu().numpy(),
-                "scores": [s.float().cpu().numpy() for s in scores]}
-
-    def _as_features(self, class_features) -> torch.Tensor:
-        feats = torch.as_tensor(class_features, dtype=torch.float32, device=self.device)
-        if feats.ndim != 2 or feats.shape[1] != self.cfg.embed_dim or feats.shape[0] == 0:
-            raise ValueError(f"class_features must be (C, {self.cfg.embed_dim}) with C >= 1, got {tuple(feats.shape)}")
-        return feats
+        with torch.inference_mode():
+            return to_host(self(to_device(x, self.device), class_features))
 
 
-def load_ked(weights_uri: str | None = None, device: str | torch.device = "cpu",
+def load_ked(weights: str | None = None, device: str | torch.device = "cpu", precision: str = "fp32",
              cfg: KEDConfig = KEDConfig()) -> ECGFMKED:
     """The ECG side of ECGFM-KED from a checkpoint URI (default: the Zenodo release), in eval mode.
 
     ``model_version`` is the sha256 of the file. Only ``ecg_model`` and ``model`` are read;
-    the text side is :func:`ecgembed.models.ecgfm_ked.load_ked_text`.
+    the text side is :func:`ecgembed.models.ecgfm_ked.load_ked_text`. ``precision`` is
+    ``"fp32"`` or ``"bf16"``; both compute in fp32 (module docstring).
     """
-    fetched = fetch_checkpoint(weights_uri or DEFAULT_WEIGHTS_URI)
+    check_precision(precision)
+    fetched = fetch_checkpoint(weights or DEFAULT_WEIGHTS_URI)
     ckpt = read_checkpoint(fetched.path, fetched.uri)
-    model = ECGFMKED(cfg, model_version=fetched.sha256)
+    model = ECGFMKED(cfg, model_version=fetched.sha256, precision=precision)
     for section, attribute in SECTIONS.items():
         load_section(ckpt, section, getattr(model, attribute), fetched.uri)
     return model.eval().to(device)

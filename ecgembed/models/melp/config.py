@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The published release (ECG tower only), pinned to a Hub commit so that a default run cannot
+# follow the repository's moving ``main`` branch. 2518c74 ("Remove unnecessary code") is the
+# commit that added model.safetensors and config.json; only this short form of its hash is
+# public in the sources we could read. The Hub resolves short hashes, and ``ecgembed weights
+# pull`` records the full commit it resolved in ``weights.lock.json``.
+DEFAULT_WEIGHTS_REVISION = "2518c74"
+DEFAULT_WEIGHTS_URI = f"hf://fuyingw/MELP_Encoder@{DEFAULT_WEIGHTS_REVISION}"
+WEIGHTS_LICENSE = "Apache-2.0"  # the licence on the hub model card
+
 
 @dataclass(frozen=True)
 class MELPConfig:

@@ -1,11 +1,13 @@
 """The batch-inference object a notebook or a Ray actor holds: ``load_melp(...) -> MELP``.
 
-    model = load_melp("hf://fuyingw/MELP_Encoder", device="cuda")
+    model = load_melp("hf://fuyingw/MELP_Encoder", device="cuda", precision="bf16")
     model.model_version                      # sha256 of model.safetensors
+    model.output_version                     # + precision_tag(precision): what output rows carry
     out = model(x)                           # x: float32 (B, 12, 5000), any device -> dict of tensors
-    arrays = model.embed(np_batch)           # numpy in, numpy out, under inference_mode
+    feats = model.to_device([f1, f2])        # class features, uploaded once (one (C_i, 256) per label set)
+    arrays = model.embed(np_batch, feats)    # numpy in, numpy out (one transfer each way)
 
-Outputs (always float32, on the model's device for ``__call__``):
+Outputs (always float32; on the model's device for ``__call__``, numpy for ``embed``):
 
 - ``embedding``        (B, 256): rhythm vector after ``proj_contrast``, L2-normalised: MELP's
   shared-space / zero-shot vector; cosine = dot product.
@@ -13,43 +15,74 @@ Outputs (always float32, on the model's device for ``__call__``):
 - ``beat``             (B, 14, 256): per-query vectors after ``proj_contrast`` (``beat_level=True``).
 - ``token``            (B, 128, 768): caption-pooler output (``token_level=True``; the caption
   pooler is not even built otherwise).
+- ``scores``           ``embed`` with class features only: one (B, C_i) array of cosines per
+  label set (class features are L2-normalised text embeddings, e.g. from a MELP text tower).
 
-Precision: weights fp32 (exact upcast of the BF16 file) by default, which reproduces the
-original code; ``autocast_bf16=True`` keeps fp32 weights and runs matmuls in bf16;
-``dtype=torch.bfloat16`` stores the weights in bf16 too (half the memory). Both bf16 modes
-drift from the reference (cosine to fp32 >= ~0.998 on the conformance inputs).
+Precision, chosen once at load (weights are fp32 either way, the exact upcast of the BF16 file):
+
+- ``"fp32"``: IEEE fp32 throughout (TF32 off on CUDA); reproduces the original code.
+- ``"bf16"``: the front (conv feature extractor, its LayerNorm and ``post_extract_proj``, 0.7 of
+  41.6 GFLOP per record) in IEEE fp32, the positional conv, transformer and heads under bf16
+  autocast. Whole-model autocast rounds the min-max scaled signal to bf16 before the first
+  convolutions and moves the embedding to cosine 0.991 to fp32 on real ECGs (the e2e
+  conformance records); with the front in fp32 the cosine is 0.99999 (embedding and probe).
+  Measured on CPU autocast, e2e records, conformance weights (min cosine to fp32, embedding /
+  probe): whole autocast 0.99109 / 0.99182; first conv fp32 0.999977 / 0.999979;
+  ``conv_features`` fp32 0.999983 / 0.999986; front (+ ``post_extract_proj``) fp32
+  0.999992 / 0.999994 (chosen); + positional conv 0.999992 / 0.999993 and + heads 0.999985 /
+  0.999988 (no further gain); the front under TF32 instead of IEEE fp32 (emulated) 0.999926.
+  The tag is ``+bf16-fp32front``: rows computed by the older whole-model autocast (``+bf16``)
+  are never mistaken for these.
 """
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
 from torch import nn
 
+from ecgembed.models.execution import (
+    bf16_autocast,
+    check_precision,
+    features_to_device,
+    ieee_fp32,
+    to_device,
+    to_host,
+)
+
 from .load import DEFAULT_WEIGHTS_URI, fetch_encoder
 from .model import MELPEncoder
 from .text import MELPTextTower, load_text_tower, zero_shot_scores
 
+# precision -> suffix of model_version; "" for fp32 so fp32 rows keep the bare checkpoint sha256
+PRECISION_TAGS = {"fp32": "", "bf16": "+bf16-fp32front"}
+
+
+def precision_tag(precision: str) -> str:
+    """The ``model_version`` suffix of rows computed at ``precision`` (see the module docstring)."""
+    return PRECISION_TAGS[check_precision(precision)]
+
 
 class MELP(nn.Module):
-    """A loaded MELP encoder (+ optional text tower) with its provenance and output options."""
+    """A loaded MELP encoder (+ optional text tower) with its provenance, precision and output options."""
 
     def __init__(
         self,
         encoder: MELPEncoder,
         model_version: str,
         *,
+        precision: str = "fp32",
         beat_level: bool = False,
-        autocast_bf16: bool = False,
         text: MELPTextTower | None = None,
         text_version: str | None = None,
     ):
         super().__init__()
+        self.precision = check_precision(precision)
+        if encoder.proj_contrast.dtype != torch.float32:
+            raise ValueError(f"MELP runs fp32 weights (precision={precision!r} picks the compute), "
+                             f"got {encoder.proj_contrast.dtype}")
         self.encoder = encoder
         self.model_version = model_version
         self.beat_level = beat_level
-        self.autocast_bf16 = autocast_bf16
         self.text = text
         self.text_version = text_version
 
@@ -66,22 +99,25 @@ class MELP(nn.Module):
         return self.encoder.proj_contrast.device
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.encoder.proj_contrast.dtype
-
-    def _autocast(self):
-        if not self.autocast_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+    def output_version(self) -> str:
+        """``model_version`` + the precision tag: the version the rows this object computes carry."""
+        return self.model_version + precision_tag(self.precision)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, 12, 5000) min-max scaled (``ecgembed.preprocess.melp_input``) -> dict of float32 tensors."""
         cfg = self.config
         if x.ndim != 3 or tuple(x.shape[1:]) != (cfg.n_leads, cfg.n_samples):
             raise ValueError(f"MELP expects (B, {cfg.n_leads}, {cfg.n_samples}) input, got {tuple(x.shape)}")
-        x = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
-        with self._autocast():
-            out = self.encoder(x)
+        x = x.to(device=self.device, dtype=torch.float32, non_blocking=True)
+        backbone = self.encoder.backbone
+        if self.precision == "fp32":
+            with ieee_fp32(self.device):
+                out = self.encoder(x)
+        else:  # bf16 policy (module docstring)
+            with ieee_fp32(self.device):
+                h = backbone.front(x)  # (B, 312, 768) fp32
+            with bf16_autocast(self.device):
+                out = self.encoder.heads(backbone.transformer(h))
         keep = ["embedding", "probe_embedding"]
         if self.beat_level:
             keep.append("beat")
@@ -89,15 +125,31 @@ class MELP(nn.Module):
             keep.append("token")
         return {k: out[k].float() for k in keep}
 
-    def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """numpy float32 (B, 12, 5000) -> dict of numpy float32 arrays (see module docstring)."""
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        with torch.inference_mode():
-            return {k: v.cpu().numpy() for k, v in self(x).items()}
+    def to_device(self, features) -> list[torch.Tensor]:
+        """Class features (one L2-normalised (C_i, 256) array or tensor per label set) on the model's
+        device as float32; an actor calls this once and passes the result to every :meth:`embed`."""
+        return features_to_device(features, self.device, self.config.shared_emb_dim, "MELP")
 
-    # ---- zero-shot (only with a text tower) -----------------------------------------------------
+    def scores(self, embedding: torch.Tensor, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(B, 256) normalised embeddings -> one (B, C_i) tensor of cosines per label set, in fp32."""
+        with ieee_fp32(self.device):
+            return [zero_shot_scores(embedding, f) for f in features]
+
+    def embed(self, batch: np.ndarray, class_features=None) -> dict[str, np.ndarray | list[np.ndarray]]:
+        """numpy float32 (B, 12, 5000) -> numpy outputs (module docstring), zero-shot included.
+
+        ``class_features``: None (no ``scores`` key) or a list with one (C_i, 256) array or
+        device tensor per label set (:meth:`to_device`) -> ``scores``: a list of (B, C_i) arrays.
+        The batch goes to the device pinned and non-blocking; every output comes back in one copy.
+        """
+        feats = None if class_features is None else self.to_device(class_features)
+        with torch.inference_mode():
+            out: dict = self(to_device(batch, self.device))
+            if feats is not None:
+                out["scores"] = self.scores(out["embedding"], feats)
+            return to_host(out)
+
+    # ---- text tower (optional): class embeddings for zero-shot ----------------------------------
 
     def _require_text(self) -> MELPTextTower:
         if self.text is None:
@@ -118,32 +170,31 @@ class MELP(nn.Module):
 
 
 def load_melp(
-    uri: str = DEFAULT_WEIGHTS_URI,
+    weights: str = DEFAULT_WEIGHTS_URI,
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    precision: str = "fp32",
     token_level: bool = False,
     beat_level: bool = False,
-    autocast_bf16: bool = False,
     text_weights: str | None = None,
     text_model: str | None = None,
 ) -> MELP:
     """Load MELP from a folder or file URI (local, ``file://``, ``s3://``, ``http(s)://``, ``hf://``).
 
-    ``uri`` is a folder holding ``model.safetensors`` (+ ``config.json``), or the ``.safetensors``
-    file itself; default: the published ``hf://fuyingw/MELP_Encoder``. ``text_weights`` (a
+    ``weights`` is a folder holding ``model.safetensors`` (+ ``config.json``), or the
+    ``.safetensors`` file itself; default: the published ``hf://fuyingw/MELP_Encoder``.
+    ``precision`` is ``"fp32"`` or ``"bf16"`` (module docstring). ``text_weights`` (a
     safetensors file with ``lm_model.bert.*`` + ``proj_t.*``) and ``text_model`` (a folder with
-    the BERT ``config.json`` and tokenizer files) together enable zero-shot scoring.
+    the BERT ``config.json`` and tokenizer files) together enable :meth:`MELP.encode_text`.
     Raises :class:`ecgembed.errors.WeightsError` for a missing, wrong or damaged file.
     """
+    check_precision(precision)
     if (text_weights is None) != (text_model is None):
         raise ValueError("text_weights and text_model go together (weights + tokenizer/config folder)")
-    if autocast_bf16 and dtype != torch.float32:
-        raise ValueError("autocast_bf16 needs fp32 weights (dtype=torch.float32)")
-    encoder, version = fetch_encoder(uri, token_level=token_level, dtype=dtype)
+    encoder, version = fetch_encoder(weights, token_level=token_level)
     text, text_version = None, None
     if text_weights is not None:
         text, text_version = load_text_tower(text_weights, text_model, device=device)
-    model = MELP(encoder.to(device), version, beat_level=beat_level, autocast_bf16=autocast_bf16,
+    model = MELP(encoder.to(device), version, precision=precision, beat_level=beat_level,
                  text=text, text_version=text_version)
     return model.eval()

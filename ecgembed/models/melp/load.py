@@ -15,7 +15,8 @@ one I64 counter) and ``config.json``. Loading (``specs/melp.md`` §e):
 5. fail with one :class:`~ecgembed.errors.WeightsError` that lists every missing, unexpected
    or mis-shaped key, so a wrong file (the ECGFM-KED ``.pt``, a truncated download) never
    half-loads;
-6. upcast BF16 to fp32 exactly (or keep bf16 on request).
+6. upcast BF16 to fp32 exactly (``load_encoder`` keeps bf16 on request; ``load_melp`` always
+   runs fp32 weights and picks the compute with its ``precision``).
 
 ``n_queries_contrast`` / ``n_queries_caption`` come from the query tensors' shapes, not from
 ``config.json`` or code defaults (which disagree: 14 vs 13 vs 12).
@@ -35,14 +36,13 @@ from safetensors import SafetensorError, safe_open
 from ecgembed import weights
 from ecgembed.errors import WeightsError
 
-from .config import MELPConfig
+from .config import DEFAULT_WEIGHTS_URI, MELPConfig
 from .model import MELPEncoder
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-DEFAULT_WEIGHTS_URI = "hf://fuyingw/MELP_Encoder"  # the published release (ECG tower only)
 
 _BB = "ecg_encoder.ecg_encoder."  # backbone: wrapper attribute + ECGFMModel attribute
 _HEADS = "ecg_encoder."  # heads: ECGFMModel attributes under the released wrapper
@@ -308,12 +308,11 @@ def fetch_encoder(
     uri: str = DEFAULT_WEIGHTS_URI,
     *,
     token_level: bool = False,
-    dtype: torch.dtype = torch.float32,
 ) -> tuple[MELPEncoder, str]:
-    """``(encoder, model_version)`` from any supported URI; ``model_version`` = the file's sha256."""
+    """``(fp32 encoder, model_version)`` from any supported URI; ``model_version`` = the file's sha256."""
     file_uri, config_uri = resolve_weights_uri(uri)
     fetched = weights.fetch(file_uri)
-    encoder = load_encoder(fetched.path, token_level=token_level, dtype=dtype, uri=file_uri)
+    encoder = load_encoder(fetched.path, token_level=token_level, uri=file_uri)
     if config_uri is not None:
         try:
             config_path = weights.fetch(config_uri).path

@@ -158,11 +158,22 @@ class ECGBackbone(nn.Module):
         x = self.feature_extractor(x)  # (B, 256, T)
         return self.layer_norm(x.transpose(1, 2))  # (B, T, 256)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rows 1-11: (B, 12, 5000) -> backbone tokens (B, 312, 768)."""
-        x = self.post_extract_proj(self.conv_features(x))  # (B, T, C)
+    def front(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows 1-6: (B, 12, 5000) -> projected features (B, 312, 768).
+
+        The part the bf16 policy keeps in fp32 (``embedder.py``): bf16 rounding of the min-max
+        scaled signal in the first convolutions is where bf16 loses MELP's answers.
+        """
+        return self.post_extract_proj(self.conv_features(x))  # (B, T, C)
+
+    def transformer(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows 7-11: projected features (B, 312, 768) -> backbone tokens (B, 312, 768)."""
         x = x + self.conv_pos(x.transpose(1, 2)).transpose(1, 2)  # (B, T, C)
         return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows 1-11: (B, 12, 5000) -> backbone tokens (B, 312, 768)."""
+        return self.transformer(self.front(x))
 
 
 # ---------------------------------------------------------------------------------------------
