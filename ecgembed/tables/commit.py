@@ -210,7 +210,7 @@ def _run_folders(output: str) -> dict[str, list[tuple[str, str]]]:
     except FileNotFoundError:
         return out
     for table in tables:
-        if not (table in S.FIXED or table.endswith(S.EMBEDDINGS_SUFFIX)):
+        if not (table in S.FIXED or table in S.OPT_IN or table.endswith(S.EMBEDDINGS_SUFFIX)):
             continue
         base = delta.table_uri(output, table)
         try:

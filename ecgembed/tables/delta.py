@@ -34,6 +34,7 @@ from ecgembed import storage
 from ecgembed.errors import ConfigError, EcgembedError
 from ecgembed.tables import schemas as S
 
+EVOLVED = "ecgembed.columns_added"   # table property: some files lack columns added later
 RUN_TXN_VERSION = 1          # txn version recorded with appId = run id when a run's files are committed
 S3_COMMIT_MODES = {"conditional-put": {"conditional_put": "etag"},
                    "unsafe-rename": {"AWS_S3_ALLOW_UNSAFE_RENAME": "true"}}
@@ -155,6 +156,8 @@ def ensure_table(uri: str, name: str, schema: pa.Schema) -> DeltaTable:
         from deltalake import Schema
 
         table.alter.add_columns(Schema.from_arrow(pa.schema([f.with_nullable(True) for f in missing])).fields)
+        # older files now lack columns: readers that scan them as one pyarrow dataset must not (views.py)
+        DeltaTable(uri, storage_options=opts).alter.set_table_properties({EVOLVED: "true"}, raise_if_not_exists=False)
         table = DeltaTable(uri, storage_options=opts)
     return table
 

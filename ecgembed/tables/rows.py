@@ -67,8 +67,18 @@ def batch_tables(batch: Batch, runs: tuple[ModelRun, ...], run_id: str, now: dat
             out.setdefault(S.SCORES_TABLE, []).append(score_rows(batch, run, run_id, now))
     out[S.ERRORS_TABLE] = [error_rows(batch, runs, run_id, now)]
     out[S.LEDGER_TABLE] = [ledger_rows(batch, runs, run_id, now)]
+    fields = _suffixes(batch, C.metadata(""))
+    if fields:
+        out[S.RECORD_METADATA_TABLE] = [metadata_rows(batch, fields, run_id, now)]
+    names = _suffixes(batch, C.attribute(""))
+    if names:
+        out[S.RECORD_ATTRIBUTES_TABLE] = [attribute_rows(batch, names, run_id, now)]
     tables = {name: pa.concat_tables(parts) for name, parts in out.items()}
     return {name: table for name, table in tables.items() if table.num_rows}
+
+
+def _suffixes(batch: Batch, prefix: str) -> list[str]:
+    return sorted(name[len(prefix):] for name in batch if name.startswith(prefix))
 
 
 # ---------------------------------------------------------------------------- masks
@@ -213,3 +223,29 @@ def ledger_rows(batch: Batch, runs: tuple[ModelRun, ...], run_id: str, now: date
                 "processed_at": pa.array([now] * n, S.TIMESTAMP),
             }, schema=S.LEDGER_SCHEMA))
     return pa.concat_tables(parts) if parts else S.LEDGER_SCHEMA.empty_table()
+
+
+def _strings_or_null(values: np.ndarray) -> pa.Array:
+    return pa.array([v or None for v in values.tolist()], pa.string())
+
+
+def metadata_rows(batch: Batch, fields: list[str], run_id: str, now: datetime) -> pa.Table:
+    """The opted-in metadata fields of the records that were read (``""`` becomes null)."""
+    idx = np.flatnonzero(_record_ok(batch))
+    n = len(idx)
+    cols = {"record_id": pa.array(batch[C.RECORD_ID][idx], pa.string())}
+    cols.update({f: _strings_or_null(batch[C.metadata(f)][idx]) for f in fields})
+    cols.update({"source_uri": pa.array(batch[C.SOURCE_URI][idx], pa.string()),
+                 "content_sha256": pa.array(batch[C.CONTENT_SHA256][idx], pa.string()),
+                 "format": pa.array(batch[C.FORMAT][idx], pa.string()),
+                 "run_id": pa.array([run_id] * n, pa.string()), "processed_at": pa.array([now] * n, S.TIMESTAMP)})
+    return pa.Table.from_pydict(cols, schema=S.record_metadata_schema(fields))
+
+
+def attribute_rows(batch: Batch, names: list[str], run_id: str, now: datetime) -> pa.Table:
+    """The manifest columns passed through, for every record of the batch (``""`` becomes null)."""
+    n = len(batch[C.RECORD_ID])
+    cols = {"record_id": pa.array(batch[C.RECORD_ID], pa.string())}
+    cols.update({name: _strings_or_null(batch[C.attribute(name)]) for name in names})
+    cols.update({"run_id": pa.array([run_id] * n, pa.string()), "processed_at": pa.array([now] * n, S.TIMESTAMP)})
+    return pa.Table.from_pydict(cols, schema=S.record_attributes_schema(names))

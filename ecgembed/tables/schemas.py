@@ -9,6 +9,9 @@ Tables under ``OUTPUT/`` (each a Delta Lake table; docs/tables.md describes ever
 - ``ledger``: one row per record x model (embedding) and per record x model x label set
   (scores) that a committed run settled; what makes runs incremental and rows "current".
 - ``runs``: one row per committed run, its manifest as JSON.
+- opt-in, only when a run asks for them: ``record_metadata`` (fields of the files' own metadata
+  chosen with ``--metadata``: possibly PHI) and ``record_attributes`` (manifest CSV columns
+  passed through with ``--manifest-columns``), one row per record x run.
 
 No model is named here: embedding schemas come from :class:`~ecgembed.models.spec.ModelSpec`.
 Delta Lake has no fixed-size list, so vectors are ``list<float32>`` whose dimension is recorded
@@ -17,6 +20,8 @@ by a cast such as ``embedding::FLOAT[256]`` (DuckDB).
 """
 
 from __future__ import annotations
+
+import re
 
 import pyarrow as pa
 
@@ -28,6 +33,8 @@ SCORES_TABLE = "zero_shot_scores"
 ERRORS_TABLE = "errors"
 LEDGER_TABLE = "ledger"
 RUNS_TABLE = "runs"
+RECORD_METADATA_TABLE = "record_metadata"
+RECORD_ATTRIBUTES_TABLE = "record_attributes"
 EMBEDDINGS_SUFFIX = "_embeddings"
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -133,6 +140,32 @@ RUNS_SCHEMA = pa.schema([
 
 FIXED = {SCORES_TABLE: SCORES_SCHEMA, ERRORS_TABLE: ERRORS_SCHEMA, LEDGER_TABLE: LEDGER_SCHEMA,
          RUNS_TABLE: RUNS_SCHEMA}
+OPT_IN = (RECORD_METADATA_TABLE, RECORD_ATTRIBUTES_TABLE)
+
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_RESERVED = {"record_id", "source_uri", "content_sha256", "format", "run_id", "processed_at"}
+
+
+def check_column_name(name: str) -> str:
+    """A user-chosen column name (``--metadata``, ``--manifest-columns``) every SQL engine accepts."""
+    if not _COLUMN.match(name) or name.lower() in _RESERVED:
+        raise ValueError(f"column name {name!r}: use letters, digits and '_' (not starting with a digit, at most 64), "
+                         f"and none of {', '.join(sorted(_RESERVED))}")
+    return name
+
+
+def record_metadata_schema(fields: list[str]) -> pa.Schema:
+    """``record_metadata``: the opted-in metadata fields of each record (strings, null when absent)."""
+    return pa.schema([_string("record_id"), *(_string(check_column_name(f), nullable=True) for f in fields),
+                      _string("source_uri"), _string("content_sha256"), _string("format"), _string("run_id"),
+                      pa.field("processed_at", TIMESTAMP, nullable=False)], metadata={KIND: RECORD_METADATA_TABLE})
+
+
+def record_attributes_schema(names: list[str]) -> pa.Schema:
+    """``record_attributes``: the manifest CSV columns passed through (strings, null when empty)."""
+    return pa.schema([_string("record_id"), *(_string(check_column_name(n), nullable=True) for n in names),
+                      _string("run_id"), pa.field("processed_at", TIMESTAMP, nullable=False)],
+                     metadata={KIND: RECORD_ATTRIBUTES_TABLE})
 
 # Data files are written by pyarrow with these options (Delta's own rewrites use zstd too).
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True,

@@ -12,6 +12,7 @@ commits with :func:`ecgembed.tables.commit.commit_run` while holding the output 
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Iterable
 
@@ -59,6 +60,7 @@ class EcgTablesDatasink(Datasink):
         return self.rows_per_file       # Ray bundles blocks so files are not tiny
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
+        start = time.perf_counter()
         now = datetime.now(timezone.utc)
         parts: dict[str, list[pa.Table]] = {}
         for block in blocks:
@@ -68,13 +70,16 @@ class EcgTablesDatasink(Datasink):
             for table, data in rows.batch_tables(batch, self.runs, self.run_id, now).items():
                 parts.setdefault(table, []).append(data)
         files = {}
+        schemas = rows.tables_of(self.runs)
         for table, pieces in parts.items():
             data = pa.concat_tables(pieces).sort_by("record_id")
+            schemas.setdefault(table, data.schema)            # the opt-in tables: their columns come with the data
             name = f"{run_folder(self.run_id)}/part-{ctx.task_idx:05d}.zstd.parquet"
             files[table] = [delta.write_data_file(delta.table_uri(self.output, table), name, data)]
         return {"run_id": self.run_id, "files": files,
-                "schemas": {t: delta.schema_to_text(s) for t, s in rows.tables_of(self.runs).items()},
-                "commit_metadata": commit_metadata(self.runs, self.run_id), "label_sets": label_sets(self.runs)}
+                "schemas": {t: delta.schema_to_text(s) for t, s in schemas.items()},
+                "commit_metadata": commit_metadata(self.runs, self.run_id), "label_sets": label_sets(self.runs),
+                "seconds": round(time.perf_counter() - start, 4)}      # write busy time, for the run's stats
 
     def on_write_complete(self, write_result: WriteResult) -> None:
         self.write_returns = [r for r in write_result.write_returns if r]

@@ -17,7 +17,9 @@ Views (model names come from the tables' Delta configuration, none is hard-coded
 - ``scores_current``: per record x model x label set, the latest settled scores, provided they
   were computed for the record's current bytes and model version;
 - ``scores_wide_<label_set>``: the same, one column per class;
-- ``errors_current``: records whose current state is an error, with the reason.
+- ``errors_current``: records whose current state is an error, with the reason;
+- ``record_metadata_current``, ``record_attributes_current`` (when a run wrote those opt-in
+  tables): the latest row per record.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import re
 
 import duckdb
 
+from ecgembed import storage
 from ecgembed.tables import delta
 from ecgembed.tables import schemas as S
 from ecgembed.tables.commit import read_runs
@@ -72,6 +75,10 @@ def connect(output: str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb
             con.execute(f"""CREATE OR REPLACE VIEW scores_wide_{_ident(label_set)} AS
                 PIVOT (SELECT record_id, model, class_name, score FROM scores_current WHERE label_set = {_quote(label_set)})
                 ON class_name IN ({columns}) USING first(score) GROUP BY record_id, model""")
+    for name in S.OPT_IN:
+        if name in tables:      # the latest row per record
+            con.execute(f"""CREATE OR REPLACE VIEW {name}_current AS SELECT * FROM {name}
+                            QUALIFY row_number() OVER (PARTITION BY record_id {_LATEST}) = 1""")
     if S.ERRORS_TABLE in tables:
         con.execute(f"""CREATE OR REPLACE VIEW errors_current AS
             SELECT DISTINCT e.* FROM {S.ERRORS_TABLE} e JOIN current_state c
@@ -83,11 +90,22 @@ def connect(output: str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb
 def _base_view(con: duckdb.DuckDBPyConnection, name: str, table) -> None:
     """``name``: the table's committed files at its current version, as delta-rs lists them.
 
-    Read as a pyarrow dataset (the table's schema, columns added later read as null in older
-    files), which DuckDB scans with projection and filter pushdown; nothing is read to create it.
+    Read as a pyarrow dataset, which DuckDB scans with projection and filter pushdown and which
+    costs nothing to create. A table whose columns grew after some files were written (property
+    ``ecgembed.columns_added``) is read with ``read_parquet([...], union_by_name = true)``
+    instead: pyarrow's filter pushdown drops the rows of files that lack a column in a filter
+    such as ``WHERE new_column IS NULL`` (pyarrow 26), where union_by_name reads them as null.
     """
-    con.register(f"_delta_{name}", table.to_pyarrow_dataset())
-    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _delta_{name}")
+    files = table.file_uris()
+    if table.metadata().configuration.get(delta.EVOLVED) != "true" or not files:
+        con.register(f"_delta_{name}", table.to_pyarrow_dataset())
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _delta_{name}")
+        return
+    protocol = storage.split(files[0])[0]
+    if protocol != "file":
+        con.register_filesystem(storage.filesystem(protocol))
+    listed = ", ".join(_quote(f) for f in files)
+    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listed}], union_by_name = true)")
 
 
 def _current_view(con: duckdb.DuckDBPyConnection, name: str, config: dict[str, str]) -> None:

@@ -55,11 +55,13 @@ def _seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
-def stage_batch(work, runs, record_errors: dict | None = None, model_errors: dict | None = None) -> dict:
+def stage_batch(work, runs, record_errors: dict | None = None, model_errors: dict | None = None,
+                metadata: dict | None = None, attributes: dict | None = None) -> dict:
     """The numpy batch the sink receives for ``work``.
 
     ``record_errors``: record_id -> error_type (failed in prepare); ``model_errors``:
-    (record_id, model name) -> error_type (the model failed on it).
+    (record_id, model name) -> error_type (the model failed on it); ``metadata`` /
+    ``attributes``: field -> {record_id: value} for the opt-in ``meta_``/``attr_`` columns.
     """
     record_errors, model_errors = record_errors or {}, model_errors or {}
     manifest = C.manifest(work, runs)
@@ -81,6 +83,10 @@ def stage_batch(work, runs, record_errors: dict | None = None, model_errors: dic
     batch["fs"][:] = 500.0
     batch["flat_leads"][:] = "V1,V2"
     batch[C.NOTES] = np.array(["" for _ in ids], object)
+    for field, values in (metadata or {}).items():
+        batch[C.metadata(field)] = np.array([values.get(rid, "") for rid in ids], object)
+    for name, values in (attributes or {}).items():
+        batch[C.attribute(name)] = np.array([values.get(rid, "") for rid in ids], object)
     for run in runs:
         spec = run.spec
         for vector in spec.vectors:
@@ -116,7 +122,7 @@ def to_block(batch: dict) -> pa.Table:
 
 
 def nightly(output: str, run_id: str, all_refs, runs, full=False, record_errors=None, model_errors=None,
-            tasks: int = 2) -> dict:
+            tasks: int = 2, **columns) -> dict:
     """One run's table side: lock, recover, select work, write tasks, commit. Returns the manifest."""
     with OutputLock(output, run_id) as lock:
         recovered = recover(output, run_id, lock)
@@ -125,7 +131,8 @@ def nightly(output: str, run_id: str, all_refs, runs, full=False, record_errors=
         for t in range(tasks):
             part = work[t::tasks]
             if part:
-                returns.append(write_task(output, run_id, runs, stage_batch(part, runs, record_errors, model_errors), t))
+                batch = stage_batch(part, runs, record_errors, model_errors, **columns)
+                returns.append(write_task(output, run_id, runs, batch, t))
         manifest = commit_run(output, run_id, returns, {"started_at": datetime.now(timezone.utc).isoformat(),
                                                         "selected": len(work)}, lock)
     return {**manifest, "recovered": recovered, "work": work}
