@@ -102,20 +102,25 @@ def open_table(uri: str) -> DeltaTable | None:
     return DeltaTable(uri, storage_options=opts)
 
 
-def list_tables(output: str) -> dict[str, DeltaTable]:
-    """Every Delta table directly under ``output``, by folder name."""
+def folder_names(output: str) -> list[str]:
+    """The names directly under ``output`` that may be tables (a listing through ecgembed.storage,
+    so a storage problem, e.g. missing credentials, is reported as for any other read)."""
     fs, root = storage.fs_and_path(output)
     fs.invalidate_cache()
     try:
         names = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False))
     except FileNotFoundError:
-        return {}
+        return []
+    return [n for n in names if not n.startswith(("_", "."))]
+
+
+def list_tables(output: str, names: list[str] | None = None) -> dict[str, DeltaTable]:
+    """Every Delta table directly under ``output`` (or among ``names``), by folder name."""
     out = {}
-    for name in names:
-        if not name.startswith(("_", ".")):
-            table = open_table(table_uri(output, name))
-            if table is not None:
-                out[name] = table
+    for name in folder_names(output) if names is None else names:
+        table = open_table(table_uri(output, name))
+        if table is not None:
+            out[name] = table
     return out
 
 

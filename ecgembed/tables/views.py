@@ -47,8 +47,9 @@ def _quote(text: str) -> str:
 def connect(output: str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views of this module over ``output``."""
     con = con or duckdb.connect()
-    ledger = delta.open_table(delta.table_uri(output, S.LEDGER_TABLE))     # first: see the module docstring
-    tables = delta.list_tables(output)
+    names = delta.folder_names(output)
+    ledger = delta.open_table(delta.table_uri(output, S.LEDGER_TABLE)) if S.LEDGER_TABLE in names else None
+    tables = delta.list_tables(output, [n for n in names if n != S.LEDGER_TABLE])   # after the ledger: see above
     if ledger is not None:
         tables[S.LEDGER_TABLE] = ledger
     for name, table in tables.items():
