@@ -99,8 +99,7 @@ def _base_view(con: duckdb.DuckDBPyConnection, name: str, table) -> None:
     """
     files = table.file_uris()
     if table.metadata().configuration.get(delta.EVOLVED) != "true" or not files:
-        con.register(f"_delta_{name}", table.to_pyarrow_dataset())
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _delta_{name}")
+        con.register(name, table.to_pyarrow_dataset())       # a view named after the table
         return
     protocol = storage.split(files[0])[0]
     if protocol != "file":
