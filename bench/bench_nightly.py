@@ -1,5 +1,7 @@
 """Nightly cost: a no-op run and a run with 1 % new records, as ratios to the full run. One run.
 
+Also prints each run's Delta commit time (every table's transaction, summed) as a share of the run.
+
     python bench/bench_nightly.py [--records 240] [--local]
 
 Records are the 25 real 12 x 5000 CinC-2021 records rewritten in MIMIC-IV-ECG's layout
@@ -78,7 +80,9 @@ def main() -> None:
                     arrive()
                 start = time.perf_counter()
                 manifest = run(RunConfig(**config), log_line=lambda line: None)
-                timings[name] = (time.perf_counter() - start, manifest["selected"], manifest["discovered"])
+                commit = sum(t["seconds"] for t in manifest.get("commit", {}).values())
+                timings[name] = (time.perf_counter() - start, manifest["selected"], manifest["discovered"], commit,
+                                 len(manifest.get("commit", {})))
             ray.shutdown()
         finally:
             if server:
@@ -86,9 +90,9 @@ def main() -> None:
 
     full = timings["full"][0]
     print(f"{'S3 (SeaweedFS)' if not args.local else 'local files'}, {os.cpu_count()} CPUs, stand-in weights, both models")
-    for name, (seconds, selected, discovered) in timings.items():
+    for name, (seconds, selected, discovered, commit, tables) in timings.items():
         print(f"  {name:7s} {selected:5d} of {discovered:5d} records processed  {seconds:8.1f} s   "
-              f"ratio to the full run {seconds / full:.3f}")
+              f"ratio to the full run {seconds / full:.3f}   commit of {tables} table(s): {commit / seconds:.1%} of the run")
 
 
 if __name__ == "__main__":

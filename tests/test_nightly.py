@@ -20,6 +20,9 @@ import pytest
 
 from ecgembed.config import RunConfig
 from ecgembed.pipeline import run
+from ecgembed.tables import delta
+from ecgembed.tables.commit import read_runs
+from ecgembed.tables.exclusive import create_exclusive
 from ecgembed.tables.lock import OutputLock, OutputLocked
 from ecgembed.tables.views import connect
 
@@ -59,7 +62,7 @@ def _table_files(s3, output: str) -> dict[str, int]:
     s3.fs.invalidate_cache()
     root = output.split("://", 1)[1]
     return {p: s3.fs.info(p)["size"] for p in s3.fs.find(root)
-            if "/_runs/" not in p and "/_lock" not in p}
+            if "/runs/" not in p and "/_ecgembed/" not in p}       # the run's own row and the lock change
 
 
 def test_second_run_embeds_nothing_then_only_the_new_and_changed(ecg_dir, s3, ray_local, tmp_cache):
@@ -131,34 +134,34 @@ def test_sigkill_of_the_driver_mid_run_then_rerun(ecg_dir, s3, ray_local, tmp_ca
          "--labels", "cpsc2018", "--records-per-task", "2", "--rows-per-file", "2", "--run-id", "killed-run",
          "--melp-batch-size", "2", "--ecgfm-ked-batch-size", "2"],   # small batches: output is staged progressively
         env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    staged = f"{s3.bucket}/{prefix}/out/_staging/killed-run"
+    out = f"{s3.bucket}/{prefix}/out"
     deadline = time.monotonic() + 300
     try:
-        while True:   # kill once some output was written, before the run could finish
+        while True:   # kill once some of its (uncommitted) data files were written, before the run could finish
             s3.fs.invalidate_cache()
-            if s3.fs.exists(staged) and any(p.endswith(".parquet") for p in s3.fs.find(staged)):
+            if s3.fs.exists(out) and any("/run-killed-run/" in p for p in s3.fs.find(out)):
                 break
             assert driver.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no staged output appeared"
+            assert time.monotonic() < deadline, "no data file appeared"
             time.sleep(0.2)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)   # the driver and the local Ray it started
         driver.wait(30)
     s3.fs.invalidate_cache()
-    out = f"{s3.bucket}/{prefix}/out"
-    assert not s3.fs.exists(f"{out}/_commits/killed-run.json") and not s3.fs.exists(f"{out}/_runs/killed-run.json"), \
-        "the run reached its commit point before the kill: the test did not kill it mid-run"
-    # nothing of the killed run is visible in the table folders or the ledger
-    assert not any("run=killed-run" in p for p in s3.fs.find(f"{s3.bucket}/{prefix}/out"))
-    assert s3.fs.exists(f"{s3.bucket}/{prefix}/out/_lock.json")       # left behind by the dead driver
+    assert not s3.fs.exists(f"{out}/_ecgembed/commits/killed-run.json"), \
+        "the run reached its commit plan before the kill: the test did not kill it mid-run"
+    # nothing of the killed run is visible: no table's log lists its files, no runs row
+    for table in delta.list_tables(output).values():
+        assert not delta.committed(table, "killed-run") and not any("run-killed-run" in f for f in table.file_uris())
+    assert "killed-run" not in [r["run_id"] for r in read_runs(output)]
+    assert OutputLock(output, "probe").current()[1]["run_id"] == "killed-run"   # left behind by the dead driver
 
     rerun = run(_config(archive, output))
     assert rerun["recovered"]["abandoned"] == ["killed-run"]
     assert rerun["selected"] == len(names)
     assert _exactly_once(s3, output) == {"melp_current": len(names), "ecgfm_ked_current": len(names)}
     s3.fs.invalidate_cache()
-    left = [p for p in s3.fs.find(f"{s3.bucket}/{prefix}/out/_staging") if p.endswith(".parquet")]
-    assert left == []                                                   # the abandoned files are gone
+    assert not [p for p in s3.fs.find(out) if "/run-killed-run/" in p]   # the abandoned files are gone
 
 
 def test_model_actor_dying_on_a_batch_loses_and_duplicates_nothing(ecg_dir, s3, ray_local, tmp_cache, tmp_path,
@@ -168,7 +171,7 @@ def test_model_actor_dying_on_a_batch_loses_and_duplicates_nothing(ecg_dir, s3, 
     output = s3.url(f"{prefix}/out")
     (tmp_path / "fault.json").write_text(json.dumps({"model": "melp", "batch": 2}))
     monkeypatch.setenv("ECGEMBED_FAULT_HOOK", f"tests.faults:die_once:{tmp_path}")
-    manifest = run(_config(archive, output, melp_batch_size=2))
+    manifest = run(_config(archive, output, batch_size={"melp": 2}))
     assert (tmp_path / "fired").exists(), "the fault was not injected"
     assert manifest["counts"]["melp_embeddings"] == len(NAMES)
     assert _exactly_once(s3, output) == {"melp_current": len(NAMES), "ecgfm_ked_current": len(NAMES)}
@@ -216,20 +219,22 @@ def test_a_second_run_on_the_same_output_refuses(ecg_dir, s3, tmp_cache, tmp_pat
 
 def test_stale_locks_are_taken_over(s3, tmp_path):
     output = s3.url(f"lock-{uuid.uuid4().hex[:6]}")
-    lock_path = output.split("://", 1)[1] + "/_lock.json"
-    # a driver on this host that no longer exists
+    probe = OutputLock(output, "probe")
+
+    def plant(generation: int, **body) -> None:
+        create_exclusive(probe._uri(generation), json.dumps({"state": "held", "token": "t", **body}).encode())
+
+    # a driver on this machine (same boot, same pid namespace) that no longer exists
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    s3.fs.pipe_file(lock_path, json.dumps({"run_id": "dead", "host": os.uname().nodename, "pid": dead.pid,
-                                           "heartbeat_at": time.time()}).encode())
+    plant(1, run_id="dead", host=os.uname().nodename, pid=dead.pid, heartbeat_at=time.time(), **probe.machine)
     lock = OutputLock(output, "new").acquire()
     assert lock.took_over["run_id"] == "dead" and "no longer exists" in lock.took_over["reason"]
     lock.release()
-    # another host's run whose heartbeat stopped longer than the lease ago
-    s3.fs.pipe_file(lock_path, json.dumps({"run_id": "lost", "host": "elsewhere", "pid": 1,
-                                           "heartbeat_at": time.time() - 3600}).encode())
+    # another machine's run whose heartbeat stopped longer than the lease ago
+    plant(4, run_id="lost", host="elsewhere", pid=1, boot_id="another-boot", pid_ns="pid:[1]",
+          heartbeat_at=time.time() - 3600)
     lock = OutputLock(output, "new2").acquire()
     assert lock.took_over["run_id"] == "lost" and "heartbeat" in lock.took_over["reason"]
     lock.release()
-    s3.fs.invalidate_cache()
-    assert not s3.fs.exists(lock_path)
+    assert probe.current()[1]["state"] == "released"

@@ -1,28 +1,24 @@
-"""The job end to end on real Ray, real S3 and real Parquet read back by DuckDB."""
+"""The job end to end on real Ray, real S3 and real Delta tables read back by DuckDB (``ecgembed sql``'s views)."""
 
 from __future__ import annotations
 
 import json
 
-import duckdb
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from ecgembed.config import RunConfig
+from ecgembed.models.registry import SPECS
 from ecgembed.pipeline import run
-from ecgembed.tables.schemas import KED_TABLE, MELP_TABLE
+from ecgembed.tables import delta
+from ecgembed.tables.commit import read_runs
+from ecgembed.tables.views import connect
+
+MELP_TABLE, KED_TABLE = SPECS["melp"].table, SPECS["ecgfm-ked"].table
 
 
-def _duckdb(s3=None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    if s3 is not None:
-        con.register_filesystem(s3.fs)
-    return con
-
-
-def _table(output: str, name: str) -> str:
-    return f"read_parquet('{output}/{name}/**/*.parquet', hive_partitioning = true)"
+def _committed(output: str, table: str):
+    return delta.open_table(delta.table_uri(output, table)).to_pyarrow_table()
 
 
 @pytest.fixture(scope="module")
@@ -45,49 +41,55 @@ def test_job_from_s3_to_s3_read_back_with_duckdb(ecg_dir, s3, ray_local, conform
     from ecgembed.sources import discover
 
     assert discovered == len(discover(archive).refs) == len(list(ecg_dir.rglob("*.hea"))) + 2 + 13  # + 13 vendor files
-    con = _duckdb(s3)
-    errors = {m: con.execute(f"select count(*) from {_table(output, 'errors')} where model is null or model = ?",
+    con = connect(output)
+    errors = {m: con.execute("select count(*) from errors where model is null or model = ?",
                              [m]).fetchall()[0][0] for m in ("melp", "ecgfm-ked")}
     for model, table, dim in (("melp", MELP_TABLE, 256), ("ecgfm-ked", KED_TABLE, 768)):
-        embedded, distinct = con.execute(f"select count(*), count(distinct record_id) from {_table(output, table)}").fetchall()[0]
+        embedded, distinct = con.execute(f"select count(*), count(distinct record_id) from {table}").fetchall()[0]
         assert embedded == distinct and embedded + errors[model] == discovered, model
-        assert con.execute(f"select min(len(embedding)), max(len(embedding)) from {_table(output, table)}").fetchall() == [(dim, dim)]
+        assert con.execute(f"select min(len(embedding)), max(len(embedding)) from {table}").fetchall() == [(dim, dim)]
+        config = delta.open_table(delta.table_uri(output, table)).metadata().configuration
+        assert config["ecgembed.dim.embedding"] == str(dim)                   # the dimension Delta cannot type
     # every record is embedded xor an error row, by record id
-    ids = con.execute(f"""select count(*) from (select record_id from {_table(output, MELP_TABLE)}
-                          union all select record_id from {_table(output, 'errors')} where model is null or model = 'melp')""").fetchall()
+    ids = con.execute(f"""select count(*) from (select record_id from {MELP_TABLE}
+                          union all select record_id from errors where model is null or model = 'melp')""").fetchall()
     assert ids[0][0] == discovered
     # vectors are FLOAT[256] once cast; cosine of a normalised vector with itself is 1
     cos = con.execute(f"""select min(array_cosine_similarity(a.embedding::FLOAT[256], a.embedding::FLOAT[256])),
                                  max(array_cosine_similarity(a.embedding::FLOAT[256], b.embedding::FLOAT[256]))
-                          from {_table(output, MELP_TABLE)} a join {_table(output, MELP_TABLE)} b
+                          from {MELP_TABLE} a join {MELP_TABLE} b
                           on a.record_id < b.record_id""").fetchall()[0]
     assert cos[0] == pytest.approx(1.0, abs=1e-5) and cos[1] <= 1.0 + 1e-6
     # different ECGs, different vectors: only the cross-format twins (the same recording exported as
     # aECG, DICOM and SCP; two Philips files with the same rhythm data) share one
-    distinct, total = con.execute(f"select count(distinct embedding), count(*) from {_table(output, MELP_TABLE)}").fetchall()[0]
+    distinct, total = con.execute(f"select count(distinct embedding), count(*) from {MELP_TABLE}").fetchall()[0]
     assert total - distinct <= 3
+    assert con.execute("select typeof(embedding) from melp_current limit 1").fetchall() == [("FLOAT[256]",)]
     # zero-shot scores: one row per embedded record x class, for each chosen label set
-    scores = dict(con.execute(f"""select label_set, count(*) from {_table(output, 'zero_shot_scores')}
-                                  group by label_set""").fetchall())
+    scores = dict(con.execute("select label_set, count(*) from zero_shot_scores group by label_set").fetchall())
     ked_embedded = manifest["counts"][KED_TABLE]
     assert scores == {"cpsc2018": ked_embedded * 9, "chapman": ked_embedded * 8}
-    bad = con.execute(f"select count(*) from {_table(output, 'zero_shot_scores')} where score < 0 or score > 1").fetchall()
+    bad = con.execute("select count(*) from zero_shot_scores where score < 0 or score > 1").fetchall()
     assert bad[0][0] == 0
-    # provenance and versions: columns and file metadata
-    row = con.execute(f"select model_version, preproc_version, run_id from {_table(output, MELP_TABLE)} limit 1").fetchall()[0]
-    assert row == (manifest["models"]["melp"]["model_version"], manifest["models"]["melp"]["preproc_version"], manifest["run_id"])
-    kv = dict(con.execute(f"""select decode(key), decode(value) from parquet_kv_metadata('{output}/{MELP_TABLE}/**/*.parquet')
-                              where decode(key) like 'ecgembed.%'""").fetchall())
-    assert kv["ecgembed.melp.model_version"] == row[0]
+    assert con.execute("select count(*) from scores_wide_chapman").fetchall()[0][0] == ked_embedded
+    # provenance and versions: columns, and each commit's Delta commitInfo
+    row = con.execute(f"select model_version, preproc_version, run_id, format from {MELP_TABLE} limit 1").fetchall()[0]
+    assert row == (manifest["models"]["melp"]["model_version"], manifest["models"]["melp"]["preproc_version"],
+                   manifest["run_id"], "wfdb")
+    commit = delta.open_table(delta.table_uri(output, MELP_TABLE)).history(1)[0]
+    assert commit["ecgembed.run_id"] == manifest["run_id"] and commit["ecgembed.melp.model_version"] == row[0]
     # the error rows say why, with a type from the vocabulary
-    got = dict(con.execute(f"select record_id, error_type from {_table(output, 'errors')}").fetchall())
+    got = dict(con.execute("select record_id, error_type from errors").fetchall())
     assert got == {"bad/E07500": "truncated", "bad/garbage": "bad_header"}
-    # the manifest is the commit marker and lists every file
-    committed = json.loads(s3.fs.cat_file(f"{s3.bucket}/pipeline/out/_runs/{manifest['run_id']}.json"))
-    assert sum(f["rows"] for f in committed["files"][MELP_TABLE]) == manifest["counts"][MELP_TABLE]
+    # the run's manifest is committed with it, in the runs table
+    committed = read_runs(output)[-1]
+    assert committed["run_id"] == manifest["run_id"] and committed["counts"][MELP_TABLE] == manifest["counts"][MELP_TABLE]
+    # every data file in a table folder is committed: nothing left behind
     s3.fs.invalidate_cache()
-    left = [p for p in s3.fs.find(f"{s3.bucket}/pipeline/out/_staging") if p.endswith(".parquet")]
-    assert left == []                                               # no staged file left behind
+    for table in (MELP_TABLE, KED_TABLE, "zero_shot_scores", "errors", "ledger", "runs"):
+        on_disk = {p for p in s3.fs.find(f"{s3.bucket}/pipeline/out/{table}") if p.endswith(".parquet")}
+        listed = {u.split("://", 1)[1] for u in delta.open_table(delta.table_uri(output, table)).file_uris()}
+        assert on_disk == listed, table
 
 
 def test_job_output_equals_the_original_code(shared_dir, ray_local, conformance_weights, tmp_path, tmp_cache):
@@ -106,14 +108,14 @@ def test_job_output_equals_the_original_code(shared_dir, ray_local, conformance_
     order = [r["path"].rsplit("/", 1)[1] for r in records]
 
     def vectors(table, column):
-        data = pq.read_table(output / table).to_pydict()
+        data = _committed(str(output), table).to_pydict()
         by_id = dict(zip(data["record_id"], data[column]))
         return np.array([by_id[rid] for rid in order], np.float32)
 
     np.testing.assert_allclose(vectors(MELP_TABLE, "embedding"), expected["melp_global_norm"], atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(vectors(MELP_TABLE, "probe_embedding"), expected["melp_probe"], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(vectors(KED_TABLE, "embedding"), expected["ked_embedding"], atol=1e-4, rtol=1e-4)
-    scores = pq.read_table(output / "zero_shot_scores").to_pandas()
+    scores = _committed(str(output), "zero_shot_scores").to_pandas()
     got = scores.pivot(index="record_id", columns="class_index", values="score").loc[order].to_numpy()
     np.testing.assert_allclose(got, expected["ked_scores"], atol=1e-4, rtol=1e-4)
     assert set(scores["class_name"]) == {f"c{i}" for i in range(len(texts))}
@@ -131,8 +133,7 @@ def test_precision_is_part_of_the_version_so_switching_it_re_embeds(ecg_dir, ray
     # MELP's bf16 policy changes its numbers (a new version); ECGFM-KED runs fp32 under both (same version)
     assert versions["melp"].startswith("stand-in:melp") and versions["melp"].endswith("+bf16-fp32front")
     assert "+bf16" not in versions["ecgfm-ked"]
-    con = _duckdb()
-    got = con.execute(f"SELECT DISTINCT model_version FROM {_table(tmp_path / 'out', MELP_TABLE)}").fetchall()
+    got = connect(str(tmp_path / "out")).execute(f"SELECT DISTINCT model_version FROM {MELP_TABLE}").fetchall()
     assert got == [(bf16["models"]["melp"]["model_version"],)]
     fp32 = run(RunConfig(**config))
     assert fp32["selected"] == 2 and "+bf16" not in fp32["models"]["melp"]["model_version"]

@@ -19,6 +19,7 @@ import numpy as np
 
 from ecgembed.errors import ConfigError
 from ecgembed.storage import redact
+from ecgembed.models.registry import SPECS
 from ecgembed.tables import schemas as S
 from ecgembed.tables.commit import read_runs
 from ecgembed.tables.views import connect
@@ -106,7 +107,8 @@ def load(output: str, run_id: str | None = None) -> ReportData:
     con = connect(output)
     views = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     rid = run["run_id"]
-    model_tables = [S.MODEL_TABLES[m] for m in run.get("models", {}) if S.MODEL_TABLES.get(m) in views]
+    tables = {m: SPECS[m].table for m in run.get("models", {}) if m in SPECS}     # model -> embeddings table
+    model_tables = [t for t in tables.values() if t in views]
     if S.ERRORS_TABLE in views:
         _load_errors(con, rid, data)
     if model_tables:
@@ -115,7 +117,7 @@ def load(output: str, run_id: str | None = None) -> ReportData:
         data.scores = _scores(con, rid)
     label_set = (run.get("config", {}).get("labels") or [None])[0]
     for model in run.get("models", {}):
-        table = S.MODEL_TABLES.get(model)
+        table = tables.get(model)
         if table in views:
             data.maps.append(_embedding_map(con, rid, model, table, data.scores, label_set))
     return data

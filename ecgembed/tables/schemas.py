@@ -1,52 +1,66 @@
-"""Every Arrow schema ecgembed writes, defined once. Writers, views and tests import from here.
+"""Every Arrow schema ecgembed writes, defined once and generated from the model specs.
 
-Tables under ``OUTPUT/`` (each a folder of Parquet files, zstd):
+Tables under ``OUTPUT/`` (each a Delta Lake table; docs/tables.md describes every column):
 
-- ``melp_embeddings/``, ``ecgfm_ked_embeddings/``: one row per record embedded by that model.
-- ``zero_shot_scores/``: long, one row per record x label set x class.
-- ``errors/``: one row per record (x model, for model failures) that could not be embedded.
+- ``<spec.table>`` (``melp_embeddings``, ``ecgfm_ked_embeddings``, ...): one row per record
+  embedded by that model, one ``list<float32>`` column per ``spec.vectors``.
+- ``zero_shot_scores``: long, one row per record x label set x class.
+- ``errors``: one row per record (x model, for model failures) that could not be processed.
+- ``ledger``: one row per record x model (embedding) and per record x model x label set
+  (scores) that a committed run settled; what makes runs incremental and rows "current".
+- ``runs``: one row per committed run, its manifest as JSON.
+- opt-in, only when a run asks for them: ``record_metadata`` (fields of the files' own metadata
+  chosen with ``--metadata``: possibly PHI) and ``record_attributes`` (manifest CSV columns
+  passed through with ``--manifest-columns``), one row per record x run.
 
-Vectors are Arrow ``fixed_size_list<float32>[D]``; Parquet stores them as a LIST (there is no
-fixed-size list in Parquet), pyarrow restores the fixed size from the file's Arrow schema, and
-DuckDB reads ``FLOAT[]`` (cast with ``embedding::FLOAT[256]`` for the array functions).
-Model, preprocessing and label-set versions are columns (every engine sees them) and are also
-written as Parquet key-value metadata (``ecgembed.*`` keys).
+No model is named here: embedding schemas come from :class:`~ecgembed.models.spec.ModelSpec`.
+Delta Lake has no fixed-size list, so vectors are ``list<float32>`` whose dimension is recorded
+in the field metadata (``ecgembed.dim``, also in the Delta table configuration) and restored
+by a cast such as ``embedding::FLOAT[256]`` (DuckDB).
 """
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 
-MELP_DIM = 256
-KED_DIM = 768
+from ecgembed.models.spec import ModelSpec
 
-MELP_TABLE = "melp_embeddings"
-KED_TABLE = "ecgfm_ked_embeddings"
+SCHEMA_VERSION = "2"          # 1: Parquet + intent files (ecgembed 0.1); 2: Delta Lake
+
 SCORES_TABLE = "zero_shot_scores"
 ERRORS_TABLE = "errors"
-TABLES = (MELP_TABLE, KED_TABLE, SCORES_TABLE, ERRORS_TABLE)
-
-# model name (as in --models and the `model` columns) -> embeddings table
-MODEL_TABLES = {"melp": MELP_TABLE, "ecgfm-ked": KED_TABLE}
+LEDGER_TABLE = "ledger"
+RUNS_TABLE = "runs"
+RECORD_METADATA_TABLE = "record_metadata"
+RECORD_ATTRIBUTES_TABLE = "record_attributes"
+EMBEDDINGS_SUFFIX = "_embeddings"
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+VECTOR = pa.list_(pa.field("element", pa.float32(), nullable=False))
+
+# schema-level metadata keys (become the Delta table configuration, see delta.table_configuration)
+KIND, MODEL, DIM = "ecgembed.kind", "ecgembed.model", "ecgembed.dim"
 
 
-def vector(dim: int) -> pa.DataType:
-    return pa.list_(pa.float32(), dim)
+def _string(name: str, nullable: bool = False) -> pa.Field:
+    return pa.field(name, pa.string(), nullable=nullable)
 
 
-# Where a row came from and what produced it: on every row of every model table.
+# Where a row came from and what produced it: on every row of the embedding and score tables.
 PROVENANCE = [
-    pa.field("source_uri", pa.string(), nullable=False),       # the record's header URI
-    pa.field("content_sha256", pa.string(), nullable=False),   # sha256 of the record's bytes
-    pa.field("model_version", pa.string(), nullable=False),    # checkpoint sha256 ("stand-in:..." for stand-in weights)
-    pa.field("preproc_version", pa.string(), nullable=False),  # changes whenever the model input would
-    pa.field("run_id", pa.string(), nullable=False),
+    _string("source_uri"),            # the record's URI, without userinfo or signed query
+    _string("content_sha256"),        # sha256 of the record's bytes (every file the header names)
+    _string("format"),                # input format that decoded it (wfdb, ...)
+    _string("model_version"),         # weights sha256 + precision tag ("stand-in:..." for stand-in weights)
+    _string("preproc_version"),       # changes whenever the model input would
+    _string("run_id"),
     pa.field("processed_at", TIMESTAMP, nullable=False),
 ]
 
-# Per-record quality flags (docs/preprocessing.md §5), on both embedding tables.
+# Per-record quality flags (docs/preprocessing.md), on every embeddings table. The stages
+# carry list flags as comma-joined strings; the writer splits them.
 QUALITY = [
     pa.field("fs", pa.float32()),                      # original sampling rate, Hz
     pa.field("n_samples", pa.int32()),                 # original length, samples
@@ -58,71 +72,107 @@ QUALITY = [
     pa.field("amplitude_suspect", pa.bool_()),
     pa.field("derived_leads", pa.list_(pa.string())),
 ]
+NOTES = pa.field("notes", pa.list_(pa.string()))       # the decoder's notes on the record (e.g. truncated)
 
-MELP_SCHEMA = pa.schema([
-    pa.field("record_id", pa.string(), nullable=False),
-    pa.field("embedding", vector(MELP_DIM), nullable=False),        # rhythm vector after proj_contrast, L2-normalised
-    pa.field("probe_embedding", vector(MELP_DIM), nullable=False),  # linear-probe vector, raw
-    *PROVENANCE,
-    *QUALITY,
-])
 
-KED_SCHEMA = pa.schema([
-    pa.field("record_id", pa.string(), nullable=False),
-    pa.field("embedding", vector(KED_DIM), nullable=False),         # mean of the 32 ECG tokens, raw
-    *PROVENANCE,
-    *QUALITY,
-])
+def embedding_schema(spec: ModelSpec) -> pa.Schema:
+    """``record_id``, one vector column per ``spec.vectors``, provenance, quality, notes."""
+    vectors = [pa.field(v.name, VECTOR, nullable=False,
+                        metadata={DIM: str(v.dim), "comment": f"float32[{v.dim}]: {v.doc}"})
+               for v in spec.vectors]
+    return pa.schema([_string("record_id"), *vectors, *PROVENANCE, *QUALITY, NOTES],
+                     metadata={KIND: "embeddings", MODEL: spec.name})
+
 
 SCORES_SCHEMA = pa.schema([
-    pa.field("record_id", pa.string(), nullable=False),
-    pa.field("model", pa.string(), nullable=False),                 # "ecgfm-ked" or "melp"
-    pa.field("label_set", pa.string(), nullable=False),
-    pa.field("label_set_sha256", pa.string(), nullable=False),      # scores depend on the whole class list
-    pa.field("class_index", pa.int16(), nullable=False),            # position in the label set
-    pa.field("class_name", pa.string(), nullable=False),
+    _string("record_id"),
+    _string("model"),
+    _string("label_set"),
+    _string("label_set_sha256"),      # scores depend on the whole class list
+    _string("scores_version"),        # what else they depend on (the text model), from the spec
+    pa.field("class_index", pa.int16(), nullable=False),
+    _string("class_name"),
     pa.field("score", pa.float32(), nullable=False),
     *PROVENANCE,
-])
+], metadata={KIND: "scores"})
 
 ERRORS_SCHEMA = pa.schema([
-    pa.field("record_id", pa.string(), nullable=False),
-    pa.field("source_uri", pa.string(), nullable=False),
-    pa.field("model", pa.string()),                 # null: the record failed before any model (applies to all)
-    pa.field("stage", pa.string(), nullable=False),  # fetch | decode | leads | preprocess | <model name>
-    pa.field("error_type", pa.string(), nullable=False),  # vocabulary: ecgembed.errors.ERROR_TYPES
-    pa.field("permanent", pa.bool_(), nullable=False),    # same bytes -> same error; not retried by nightly runs
-    pa.field("message", pa.string(), nullable=False),
-    pa.field("content_sha256", pa.string()),        # null when the bytes could not be fetched
-    pa.field("run_id", pa.string(), nullable=False),
+    _string("record_id"),
+    _string("source_uri"),
+    _string("format"),
+    _string("model", nullable=True),                  # null: failed before any model (applies to all)
+    _string("stage"),                                 # fetch | decode | leads | preprocess | <model name>
+    _string("error_type"),                            # vocabulary: ecgembed.errors.ERROR_TYPES
+    pa.field("permanent", pa.bool_(), nullable=False),  # same bytes -> same error; settled, not retried
+    _string("message"),
+    _string("content_sha256", nullable=True),         # null when the bytes could not be fetched
+    _string("run_id"),
     pa.field("processed_at", TIMESTAMP, nullable=False),
-])
+], metadata={KIND: "errors"})
 
-# The ledger: one row per record x model of every committed run. It is what makes runs
-# incremental (the anti-join key is record_id + fingerprint + model + model_version +
-# preproc_version) and what the "current" views read. Not for analysis: use the tables above.
-LEDGER_TABLE = "_ledger"
+# One row per record x model (label_set null: the embedding) or record x model x label set (the
+# scores) that a run was asked to settle. The anti-join key: embedding rows on (record_id,
+# fingerprint, model, model_version, preproc_version); score rows on those plus (label_set,
+# label_set_sha256, scores_version). See ledger.py.
 LEDGER_SCHEMA = pa.schema([
-    pa.field("record_id", pa.string(), nullable=False),
-    pa.field("fingerprint", pa.string(), nullable=False),       # listing digest at discovery ("" if unknown)
-    pa.field("content_sha256", pa.string()),                    # null when the bytes could not be fetched
-    pa.field("model", pa.string(), nullable=False),
-    pa.field("model_version", pa.string(), nullable=False),
-    pa.field("preproc_version", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),            # "ok" | "error"
-    pa.field("error_type", pa.string()),
-    pa.field("permanent", pa.bool_(), nullable=False),          # an error the same bytes will always give
-    pa.field("run_id", pa.string(), nullable=False),
+    _string("record_id"),
+    _string("fingerprint"),                           # listing digest at discovery ("" if unknown)
+    _string("content_sha256", nullable=True),
+    _string("model"),
+    _string("model_version"),
+    _string("preproc_version"),
+    _string("label_set", nullable=True),              # null on embedding rows
+    _string("label_set_sha256", nullable=True),
+    _string("scores_version", nullable=True),
+    _string("status"),                                # "ok" | "error"
+    _string("error_type", nullable=True),
+    pa.field("permanent", pa.bool_(), nullable=False),  # an error the same bytes will always give
+    _string("run_id"),
     pa.field("processed_at", TIMESTAMP, nullable=False),
-])
+], metadata={KIND: "ledger"})
 
-SCHEMAS = {MELP_TABLE: MELP_SCHEMA, KED_TABLE: KED_SCHEMA, SCORES_TABLE: SCORES_SCHEMA, ERRORS_TABLE: ERRORS_SCHEMA,
-           LEDGER_TABLE: LEDGER_SCHEMA}
+RUNS_SCHEMA = pa.schema([
+    _string("run_id"),
+    pa.field("started_at", TIMESTAMP),
+    pa.field("committed_at", TIMESTAMP, nullable=False),
+    _string("manifest"),                              # the run manifest (counts, timings, config), JSON
+], metadata={KIND: "runs"})
 
+FIXED = {SCORES_TABLE: SCORES_SCHEMA, ERRORS_TABLE: ERRORS_SCHEMA, LEDGER_TABLE: LEDGER_SCHEMA,
+         RUNS_TABLE: RUNS_SCHEMA}
+OPT_IN = (RECORD_METADATA_TABLE, RECORD_ATTRIBUTES_TABLE)
+
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_RESERVED = {"record_id", "source_uri", "content_sha256", "format", "run_id", "processed_at"}
+
+
+def check_column_name(name: str) -> str:
+    """A user-chosen column name (``--metadata``, ``--manifest-columns``) every SQL engine accepts."""
+    if not _COLUMN.match(name) or name.lower() in _RESERVED:
+        raise ValueError(f"column name {name!r}: use letters, digits and '_' (not starting with a digit, at most 64), "
+                         f"and none of {', '.join(sorted(_RESERVED))}")
+    return name
+
+
+def record_metadata_schema(fields: list[str]) -> pa.Schema:
+    """``record_metadata``: the opted-in metadata fields of each record (strings, null when absent)."""
+    return pa.schema([_string("record_id"), *(_string(check_column_name(f), nullable=True) for f in fields),
+                      _string("source_uri"), _string("content_sha256"), _string("format"), _string("run_id"),
+                      pa.field("processed_at", TIMESTAMP, nullable=False)], metadata={KIND: RECORD_METADATA_TABLE})
+
+
+def record_attributes_schema(names: list[str]) -> pa.Schema:
+    """``record_attributes``: the manifest CSV columns passed through (strings, null when empty)."""
+    return pa.schema([_string("record_id"), *(_string(check_column_name(n), nullable=True) for n in names),
+                      _string("run_id"), pa.field("processed_at", TIMESTAMP, nullable=False)],
+                     metadata={KIND: RECORD_ATTRIBUTES_TABLE})
+
+# Data files are written by pyarrow with these options (Delta's own rewrites use zstd too).
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True,
                    "write_statistics": True, "row_group_size": 64 * 1024}
 
 
-def with_metadata(schema: pa.Schema, metadata: dict[str, str]) -> pa.Schema:
-    """``schema`` with ``ecgembed.<key>`` key-value metadata (read by DuckDB's parquet_kv_metadata())."""
-    return schema.with_metadata({f"ecgembed.{k}".encode(): str(v).encode() for k, v in metadata.items()})
+def commit_order(tables) -> list[str]:
+    """Data tables first (sorted), then the ledger (what says "settled"), then the runs table."""
+    last = [LEDGER_TABLE, RUNS_TABLE]
+    return sorted(t for t in tables if t not in last) + [t for t in last if t in tables]

@@ -1,85 +1,85 @@
-"""A Ray Data sink that writes the four tables of a run to a staging area, then commits them.
+"""A Ray Data sink whose write tasks write every table's Parquet files of a run, uncommitted.
 
-Write tasks put each table's rows (and the run's ledger rows) in
-``OUTPUT/_staging/<run_id>/<table>/part-<task>.parquet``.
-File names are deterministic (the write task's index), so a retried task overwrites its own
-files instead of adding a second copy. Nothing under ``_staging/`` is visible to readers of the
-tables. ``on_write_complete`` runs once on the driver after every task succeeded and commits
-(:mod:`ecgembed.tables.commit`): files move into the table folders and the run manifest is
-written last.
+Each write task splits its records into the run's tables (:mod:`ecgembed.tables.rows`) and
+writes one file per table under ``<table>/run-<run_id>/part-<task>.zstd.parquet``. The names
+are deterministic (the write task's index), so a retried task overwrites its own files instead
+of adding copies, and no Delta reader sees them until the driver commits them. A task returns
+only file metadata (path, size, rows, statistics) plus the schemas and versions the commit needs.
+
+``on_write_complete`` (driver) keeps the task results in :attr:`write_returns`; the caller then
+commits with :func:`ecgembed.tables.commit.commit_run` while holding the output lock.
 """
 
 from __future__ import annotations
 
-import posixpath
+import time
 from datetime import datetime, timezone
 from typing import Iterable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
-from ecgembed import storage
-from ecgembed.tables import schemas as S
-from ecgembed.tables.commit import staging_uri
-from ecgembed.tables.rows import ModelInfo, embedding_table, errors_table, ledger_table, scores_table
+from ecgembed import columns as C
+from ecgembed.models.spec import ModelRun
+from ecgembed.tables import delta, rows
+from ecgembed.tables.delta import check_run_id, run_folder
+
+
+def commit_metadata(runs: tuple[ModelRun, ...], run_id: str) -> dict[str, str]:
+    """What each table commit records in its Delta commitInfo: the run and every version."""
+    out = {"ecgembed.run_id": run_id}
+    for run in runs:
+        key = f"ecgembed.{run.name}"
+        out[f"{key}.model_version"] = run.model_version
+        out[f"{key}.preproc_version"] = run.preproc_version
+        if run.label_sets:
+            out[f"{key}.scores_version"] = run.scores_version
+        for label_set in run.label_sets:
+            out[f"{key}.label_set.{label_set.name}"] = label_set.sha256
+    return out
+
+
+def label_sets(runs: tuple[ModelRun, ...]) -> dict[str, dict]:
+    """Label set name -> sha256 and class names (the wide score views need the class order)."""
+    return {ls.name: {"sha256": ls.sha256, "classes": list(ls.class_names)} for run in runs for ls in run.label_sets}
 
 
 class EcgTablesDatasink(Datasink):
-    """Splits each block into melp_embeddings / ecgfm_ked_embeddings / zero_shot_scores / errors."""
+    """Writes the run's embeddings, scores, errors and ledger files; commits nothing."""
 
-    def __init__(self, output: str, run_id: str, models: tuple[ModelInfo, ...], rows_per_file: int,
-                 on_complete=None):
-        self.write_returns: list = []
+    def __init__(self, output: str, run_id: str, runs: tuple[ModelRun, ...], rows_per_file: int):
         self.output = output
-        self.run_id = run_id
-        self.models = models
+        self.run_id = check_run_id(run_id)
+        self.runs = tuple(runs)
         self.rows_per_file = rows_per_file
-        self.on_complete = on_complete   # driver-side commit callback, called with the task results
-        self.result: object = None
+        self.write_returns: list[dict] | None = None     # set on the driver when every task is done
 
     @property
     def min_rows_per_write(self) -> int:
         return self.rows_per_file       # Ray bundles blocks so files are not tiny
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
+        start = time.perf_counter()
         now = datetime.now(timezone.utc)
-        parts: dict[str, list[pa.Table]] = {t: [] for t in (*S.TABLES, S.LEDGER_TABLE)}
+        parts: dict[str, list[pa.Table]] = {}
         for block in blocks:
-            batch = BlockAccessor.for_block(block).to_batch_format("numpy")
-            if not len(batch["record_id"]):
+            batch = rows.from_arrow(BlockAccessor.for_block(block).to_arrow())
+            if not len(batch[C.RECORD_ID]):
                 continue
-            for model in self.models:
-                parts[model.spec.table].append(embedding_table(batch, model, self.run_id, now))
-                if model.label_sets:
-                    parts[S.SCORES_TABLE].append(scores_table(batch, model, self.run_id, now))
-            parts[S.ERRORS_TABLE].append(errors_table(batch, self.models, self.run_id, now))
-            parts[S.LEDGER_TABLE].append(ledger_table(batch, self.models, self.run_id, now))
-        written = {}
-        for table, tables in parts.items():
-            data = pa.concat_tables(tables) if tables else None
-            if data is None or data.num_rows == 0:
-                continue
-            path = staging_uri(self.output, self.run_id, table, f"part-{ctx.task_idx:05d}.parquet")
-            self._write_parquet(data.sort_by("record_id"), table, path)
-            written[table] = {"path": path, "rows": data.num_rows}
-        return written
-
-    def _write_parquet(self, data: pa.Table, table: str, uri: str) -> None:
-        meta = {"run_id": self.run_id, "table": table}
-        for model in self.models:
-            meta[f"{model.name}.model_version"] = model.model_version
-            meta[f"{model.name}.preproc_version"] = model.preproc_version
-            for ls in model.label_sets:
-                meta[f"{model.name}.label_set.{ls.name}"] = ls.sha256
-        fs, path = storage.fs_and_path(uri)
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with fs.open(path, "wb") as handle:
-            pq.write_table(data.replace_schema_metadata(None).cast(S.with_metadata(S.SCHEMAS[table], meta)),
-                           handle, **S.PARQUET_OPTIONS)
+            for table, data in rows.batch_tables(batch, self.runs, self.run_id, now).items():
+                parts.setdefault(table, []).append(data)
+        files = {}
+        schemas = rows.tables_of(self.runs)
+        for table, pieces in parts.items():
+            data = pa.concat_tables(pieces).sort_by("record_id")
+            schemas.setdefault(table, data.schema)            # the opt-in tables: their columns come with the data
+            name = f"{run_folder(self.run_id)}/part-{ctx.task_idx:05d}.zstd.parquet"
+            files[table] = [delta.write_data_file(delta.table_uri(self.output, table), name, data)]
+        return {"run_id": self.run_id, "files": files,
+                "schemas": {t: delta.schema_to_text(s) for t, s in schemas.items()},
+                "commit_metadata": commit_metadata(self.runs, self.run_id), "label_sets": label_sets(self.runs),
+                "seconds": round(time.perf_counter() - start, 4)}      # write busy time, for the run's stats
 
     def on_write_complete(self, write_result: WriteResult) -> None:
         self.write_returns = [r for r in write_result.write_returns if r]
-        if self.on_complete is not None:
-            self.result = self.on_complete(self.write_returns)
