@@ -102,6 +102,23 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compact(args: argparse.Namespace) -> int:
+    """Delta optimize + vacuum of every table, keeping history younger than the retention."""
+    from ecgembed.tables.compact import compact
+
+    result = compact(args.output, args.retention_hours)
+    print(json.dumps(result, default=str, indent=1))
+    return EXIT_OK
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Convert an output written by ecgembed 0.1 (Parquet + intent files) to Delta tables."""
+    from ecgembed.tables.migrate import migrate
+
+    print(json.dumps(migrate(args.output), default=str, indent=1))
+    return EXIT_OK
+
+
 def _weights_pull(args: argparse.Namespace) -> int:
     """Stage the pinned weights in a folder or bucket for clusters without internet."""
     from ecgembed.storage import redact
@@ -144,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--show-comments", action="store_true",
                          help="also print header comments and metadata (may hold patient data)")
     inspect.set_defaults(func=_inspect)
+    compact = sub.add_parser(
+        "compact", help="compact the tables (Delta optimize) and delete files older than the retention (vacuum)",
+        description="Example: ecgembed compact s3://hospital-ml/ecgembed/ --retention-hours 168")
+    compact.add_argument("output", help="the --output of the runs")
+    compact.add_argument("--retention-hours", type=int, default=168, metavar="H",
+                         help="keep replaced files (time travel, readers in flight) this long (default 168 = 7 days)")
+    compact.set_defaults(func=_compact)
+    migrate = sub.add_parser(
+        "migrate", help="convert an output written by ecgembed 0.1 to Delta Lake tables (once)",
+        description="Example: ecgembed migrate s3://hospital-ml/ecgembed/")
+    migrate.add_argument("output", help="the --output of the 0.1 runs")
+    migrate.set_defaults(func=_migrate)
     report = sub.add_parser(
         "report", help="write a self-contained HTML report of a run (plots of throughput, errors, quality, scores)",
         description="Example: ecgembed report s3://hospital-ml/ecgembed/ --out night.html")

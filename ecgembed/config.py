@@ -177,9 +177,13 @@ class RunConfig:
             raise ConfigError("--progress-interval must be > 0")
         if self.run_id is not None and not RUN_ID.match(self.run_id):
             raise ConfigError(f"--run-id must match [A-Za-z0-9._-]+ (1-128 characters), not {self.run_id!r}")
-        bad = [c for c in self.manifest_columns if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", c)]
-        if bad:
-            raise ConfigError(f"--manifest-columns: {', '.join(bad)} are not plain column names (letters, digits, _)")
+        from ecgembed.tables.schemas import check_column_name
+
+        for name in self.manifest_columns:
+            try:
+                check_column_name(name)
+            except ValueError as err:
+                raise ConfigError(f"--manifest-columns: {err}") from None
         unknown_fields = [f for f in self.metadata if f not in METADATA_FIELDS]
         if unknown_fields:
             raise ConfigError(f"--metadata: unknown field(s) {', '.join(unknown_fields)}; "

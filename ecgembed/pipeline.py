@@ -30,7 +30,7 @@ from ecgembed.sources.discover import discover
 from ecgembed.sources.formats.base import Limits
 from ecgembed.stages import ModelStage, fault_hook_from_env, prepare
 from ecgembed.storage import redact
-from ecgembed.tables.commit import commit_run, read_runs, recover
+from ecgembed.tables.commit import commit_run, recover
 from ecgembed.tables.ledger import read_ledger, select_work
 from ecgembed.tables.lock import OutputLock
 from ecgembed.tables.sink import EcgTablesDatasink
@@ -179,10 +179,7 @@ def run(config: RunConfig, log_line=None) -> dict:
     with OutputLock(config.output, run_id) as lock:
         if lock.took_over:
             say(f"[ecgembed] took over a stale lock of run {lock.took_over.get('run_id')}: {lock.took_over['reason']}")
-        if any(r.get("run_id") == run_id for r in read_runs(config.output)):
-            raise ConfigError(f"--run-id {run_id}: a committed run of this output has that id; run ids are "
-                              "never reused (leave --run-id out to get a new one)")
-        recovered = recover(config.output, run_id)
+        recovered = recover(config.output, run_id, lock)     # also refuses a run id already committed
         for key, runs in recovered.items():
             if runs:
                 say(f"[ecgembed] {key} leftovers of earlier runs: {', '.join(runs)}")

@@ -138,7 +138,7 @@ def test_a_terminal_shows_one_bar_no_ray_blocks_and_strict_fails_with_5(tmp_path
     assert any("run night-1 committed" in line for line in messages)
     assert not [line for line in messages if "░" in line or "█" in line]
     again = _cli("run", "--input", SAMPLES, "--output", str(out), "--stand-in", "--run-id", "night-1")
-    assert again.returncode == 2 and "never reused" in _one_error_line(again)
+    assert again.returncode == 2 and "night-1" in _one_error_line(again)
 
 
 def test_ctrl_c_is_exit_130_and_commits_nothing(tmp_path):
@@ -151,4 +151,6 @@ def test_ctrl_c_is_exit_130_and_commits_nothing(tmp_path):
     from ecgembed.tables.commit import read_runs
 
     assert read_runs(str(out)) == []
-    assert not (out / "_lock.json").exists()
+    from ecgembed.tables.lock import OutputLock
+
+    assert OutputLock(str(out), "probe").current()[1]["state"] == "released"

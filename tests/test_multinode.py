@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ecgembed.tables.commit import plan_uri, read_runs
 from tests.ray_cluster import LocalRayCluster, ray_bin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -290,7 +291,7 @@ def test_b_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(two_workers
             if victim is None:
                 time.sleep(0.5)
         on_victim = {a.actor_id for a in alive if a.node_id == victim.node_id}
-        assert not (output / "_commits" / f"{run_id}.json").exists(), "the run was committing: not mid-run"
+        assert not Path(plan_uri(str(output), run_id)).exists(), "the run was committing: not mid-run"
         at_kill = driver.progress()
         killed = cluster.kill(victim)
     except BaseException:
@@ -305,9 +306,9 @@ def test_b_a_worker_node_killed_mid_run_loses_and_duplicates_nothing(two_workers
     assert hit and all(a.num_restarts >= 1 or "NODE_DIED" in json.dumps(a.death_cause) for a in hit), \
         [(a.state, a.num_restarts, a.death_cause) for a in hit]
     if rc == 0:   # the run survived the loss of the node
-        assert f"run {run_id} committed: {LARGE} records, {LARGE} processed" in driver.log, driver.log[-3000:]
+        assert f"run {run_id} committed: {LARGE} records discovered, {LARGE} processed" in driver.log, driver.log[-3000:]
     else:         # or it failed cleanly, committing nothing; its rerun then does all of it
-        assert not (output / "_runs" / f"{run_id}.json").exists(), driver.log[-3000:]
+        assert run_id not in {r["run_id"] for r in read_runs(str(output))}, driver.log[-3000:]
         rerun = Driver(cluster, _run_args(archive[LARGE], output, "--device", "cpu"), tmp_path)
         assert rerun.wait(timeout=600) == 0, rerun.log[-4000:]
         assert f"{LARGE} of {LARGE} records need work" in rerun.log, rerun.log[-3000:]
