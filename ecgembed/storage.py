@@ -457,32 +457,44 @@ class ExclusiveCreateUnsupported(ConfigError):
     """The store has no atomic create-if-absent."""
 
 
-def create_exclusive(uri: str, data: bytes) -> None:
-    """Create ``uri`` with ``data`` only if it does not exist; ``FileExistsError`` if it does.
+# S3 error codes of a conditional PUT that lost: the object exists, or another conditional
+# write to the same key is in flight (AWS answers 409 for that).
+_CREATE_LOST = ("PreconditionFailed", "ConditionalRequestConflict")
 
-    Local: ``O_CREAT | O_EXCL``. S3: conditional PUT (``If-None-Match: *``; AWS S3, MinIO and
-    SeaweedFS honour it). Other stores (gs://, http) have no such call here:
-    :class:`ExclusiveCreateUnsupported`.
+
+def create_exclusive(uri: str, data: bytes) -> None:
+    """Create ``uri`` holding ``data`` unless it exists (then ``FileExistsError``).
+
+    Local: the bytes go to a private temp file, fsynced, then hard-linked to the name; ``link``
+    fails if the name exists, so a reader never sees a created-but-empty file and two creators
+    cannot both win. S3: a conditional PUT (``If-None-Match: *``; AWS S3, MinIO and SeaweedFS
+    honour it atomically), a lost race recognised by its error code. Other stores (gs://, http)
+    have no such call here: :class:`ExclusiveCreateUnsupported`.
     """
     protocol, path = split(uri)
     if protocol == "file":
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".create-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(tmp, path)            # atomic; FileExistsError if the name is taken
+        finally:
+            os.unlink(tmp)
         return
     if protocol != "s3":
-        raise ExclusiveCreateUnsupported(f"{redact(uri)}: {protocol}:// has no exclusive create (conditional "
-                                         "PUT) here; use a local path or s3://")
+        raise ExclusiveCreateUnsupported(f"{redact(uri)}: {protocol}:// has no create-if-absent (conditional PUT) "
+                                         "here; the output lock and the commit need one: use a local path or s3://")
     fs = filesystem(protocol)
     try:
         fs.pipe_file(path, data, mode="create")
-    except FileExistsError:
-        raise
     except OSError as exc:
-        message = str(exc).lower()
-        if "precondition" in message or "pre-condition" in message or "412" in message:   # it exists
-            raise FileExistsError(redact(uri)) from exc
+        code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
+        if isinstance(exc, FileExistsError) or code in _CREATE_LOST:
+            raise FileExistsError(f"{redact(uri)} exists") from exc
         raise
 
 

@@ -22,7 +22,7 @@ from ecgembed.config import RunConfig
 from ecgembed.pipeline import run
 from ecgembed.tables import delta
 from ecgembed.tables.commit import read_runs
-from ecgembed.tables.exclusive import create_exclusive
+from ecgembed.storage import create_exclusive
 from ecgembed.tables.lock import OutputLock, OutputLocked
 from ecgembed.tables.views import connect
 

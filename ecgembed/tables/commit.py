@@ -34,7 +34,6 @@ from ecgembed import storage
 from ecgembed.errors import ConfigError
 from ecgembed.tables import delta
 from ecgembed.tables import schemas as S
-from ecgembed.tables.exclusive import create_exclusive
 from ecgembed.tables.lock import OutputLocked
 from ecgembed.tables.migrate import refuse_v1
 
@@ -92,7 +91,7 @@ def prepare(output: str, run_id: str, write_returns: list[dict], run_metadata: d
     plan = {"state": COMMITTING, "run_id": run_id, "created_at": now.isoformat(), "tables": tables,
             "metadata": metadata, "manifest": manifest}
     try:
-        create_exclusive(plan_uri(output, run_id), json.dumps(plan, sort_keys=True).encode())
+        storage.create_exclusive(plan_uri(output, run_id), json.dumps(plan, sort_keys=True).encode())
     except FileExistsError:
         return _existing_plan(output, run_id)
     return plan
@@ -189,7 +188,7 @@ def _abandon(output: str, other: str, run_id: str, lock) -> bool:
     """Tombstone ``other``'s plan name; False if ``other`` turned out to be committing (rolled forward)."""
     tombstone = {"state": ABORTED, "run_id": other, "by": run_id, "at": datetime.now(timezone.utc).isoformat()}
     try:
-        create_exclusive(plan_uri(output, other), json.dumps(tombstone).encode())
+        storage.create_exclusive(plan_uri(output, other), json.dumps(tombstone).encode())
         return True
     except FileExistsError:
         plan = read_plan(output, other)

@@ -2,7 +2,7 @@
 
     OUTPUT/_ecgembed/lock/00000000000000000007.json   the current generation (the highest number)
 
-Each generation is created with a create-if-absent write (:mod:`ecgembed.tables.exclusive`)
+Each generation is created with a create-if-absent write (:func:`ecgembed.storage.create_exclusive`)
 and never overwritten by anyone but its creator. To take the lock, a run creates generation
 N+1 where N is the highest it saw: if N is free (released) or stale, the first creator of N+1
 wins and every other taker of N fails, so two runs can never both take over the same stale
@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 
 from ecgembed import storage
 from ecgembed.errors import EcgembedError
-from ecgembed.tables.exclusive import create_exclusive
 
 log = logging.getLogger("ecgembed")
 
@@ -160,7 +159,7 @@ class OutputLock:
             self.took_over = {**body, "generation": generation, "reason": reason}
         mine = (generation or 0) + 1
         try:
-            create_exclusive(self._uri(mine), self._body())
+            storage.create_exclusive(self._uri(mine), self._body())
         except FileExistsError:
             _, other = self.current()
             raise OutputLocked(f"{self.folder}: another run ({(other or {}).get('run_id', '?')}) took the lock at the "
@@ -212,7 +211,7 @@ class OutputLock:
         try:
             generation, body = self.current()
             if generation == self.generation and (body or {}).get("token") == self.token:
-                create_exclusive(self._uri(generation + 1), self._body("released"))
+                storage.create_exclusive(self._uri(generation + 1), self._body("released"))
                 self._remove_older(generation + 1)
         except FileExistsError:
             pass   # taken over meanwhile: the new holder has it

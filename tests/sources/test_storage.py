@@ -102,7 +102,7 @@ def test_writes_s3(s3):
 
 
 def test_exclusive_create_refused_where_unsupported(http_server, tmp_path):
-    with pytest.raises(storage.ExclusiveCreateUnsupported, match="no exclusive create"):
+    with pytest.raises(storage.ExclusiveCreateUnsupported, match="no create-if-absent"):
         storage.create_exclusive(http_server(tmp_path) + "/lock", b"x")
 
 

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from ecgembed import storage
-from ecgembed.tables.exclusive import create_exclusive
+from ecgembed.storage import create_exclusive
 from ecgembed.tables.lock import OutputLock, OutputLocked
 
 
@@ -120,7 +120,7 @@ def test_a_release_that_could_not_reach_storage_does_not_block_this_process(outp
     def unreachable(uri, data):
         raise ConnectionError("storage unreachable")
 
-    monkeypatch.setattr(L, "create_exclusive", unreachable)
+    monkeypatch.setattr(L.storage, "create_exclusive", unreachable)
     lock.release()                                   # does not raise; the generation still says "held"
     monkeypatch.undo()
     assert OutputLock(output, "probe").current()[1]["state"] == "held"
