@@ -85,7 +85,12 @@ class ProgressReporter:
         self._thread.join(timeout=5)
         self.refresh()
         with self._lock:
-            self._clear_bar()
+            if self.tty and exc[0] is None:     # the final state stays on screen
+                self._clear_bar()
+                self.stream.write(self.line(bar=True) + "\n")
+                self.stream.flush()
+            else:
+                self._clear_bar()
 
     # ---- what the counters say -------------------------------------------------------------------
     def done(self, counts: dict) -> int:

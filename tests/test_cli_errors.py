@@ -134,9 +134,11 @@ def test_a_terminal_shows_one_bar_no_ray_blocks_and_strict_fails_with_5(tmp_path
     # what the terminal shows of each line is the text after its last carriage return: the bar is
     # cleared before every message, so no message shares its line with the bar
     visible = [line.split("\r")[-1].replace("\x1b[2K", "") for line in lines]
-    messages = [line for line in visible if line.startswith("[ecgembed] ")]
+    bars = [line for line in visible if line.startswith(("[ecgembed] █", "[ecgembed] ░"))]
+    messages = [line for line in visible if line.startswith("[ecgembed] ") and line not in bars]
     assert any("run night-1 committed" in line for line in messages)
     assert not [line for line in messages if "░" in line or "█" in line]
+    assert len(bars) == 1 and "100%" in bars[0] and "6/6" in bars[0]     # the final state stays on screen
     again = _cli("run", "--input", SAMPLES, "--output", str(out), "--stand-in", "--run-id", "night-1")
     assert again.returncode == 2 and "night-1" in _one_error_line(again)
 

@@ -111,7 +111,7 @@ def test_full_recomputes_and_a_new_model_version_backfills_only_that_model(ecg_d
     monkeypatch.setattr(standin, "version", lambda name: "stand-in:melp:v2" if name == "melp" else real(name))
     backfill = run(_config(archive, output))
     assert backfill["selected"] == 3
-    assert backfill["counts"]["melp_embeddings"] == 3 and backfill["counts"]["ecgfm_ked_embeddings"] == 0
+    assert backfill["counts"]["melp_embeddings"] == 3 and backfill["counts"].get("ecgfm_ked_embeddings", 0) == 0
     con = connect(output)
     assert con.execute("SELECT DISTINCT model_version FROM melp_current").fetchall() == [("stand-in:melp:v2",)]
     assert con.execute("SELECT count(*) FROM ecgfm_ked_current").fetchall()[0][0] == 3
