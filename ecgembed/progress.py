@@ -9,7 +9,7 @@ thread reads it and shows
 
 - in logs (not a terminal, e.g. ``ray job logs``): one line per ``interval`` seconds::
 
-      [ecgembed] 51% 2550/5000 | 41.3 rec/s | ETA 0:00:59 | failed 12 | melp 2538 | ecgfm-ked 2538
+      [ecgembed] 51% 2550/5000 | 41.3 rec/s | ETA 0:00:59 | read 4000 | failed 12 | melp 2538 | ecgfm-ked 2538
 
 The rate is measured over the last minute of completed records (a steady state: Ray start-up
 and model loading are not in it); a record is complete when it has left the last model stage.
@@ -152,7 +152,10 @@ class ProgressReporter:
             width = 20
             filled = int(width * done / self.total) if self.total else width
             head = f"{'█' * filled}{'░' * (width - filled)} {pct:3.0f}%  {done:,}/{self.total:,}"
-        parts = [f"[ecgembed] {head}", f"{rate:.1f} rec/s", eta, f"failed {failed}"]
+        parts = [f"[ecgembed] {head}", f"{rate:.1f} rec/s", eta]
+        if not bar:      # logs: where the records are (read by prepare, embedded by each model)
+            parts.append(f"read {min(counts.get('read', 0), self.total)}")
+        parts.append(f"failed {failed}")
         if not bar:
             parts += [f"{m} {counts.get(f'{m}_embedded', 0)}" for m in self.models]
         return " | ".join(parts)
