@@ -192,7 +192,7 @@ def test_csv_and_ptbxl_truth_files_are_checked(tmp_path):
     assert got.unavailable == {"never": "no row of the truth CSV names this class"}
     assert any("Typo" in n for n in got.notes) and any("without current scores" in n for n in got.notes)
     for bad, message in (("record_id,class,label\na/1,AF,maybe\n", "is not 1/0/true/false"),
-                         ("record_id,class,label\na/1,AF,1\na/1,AF,0\n", "labelled both 1 and 0"),
+                         ("record_id,class,label\na/1,AF,1\na/1,AF,0\n", "rows 2 and 3 label the same record as both"),
                          ("record_id,class,label\na/1,Foo,1\n", "no row names a class of the label set"),
                          ("id,diagnosis\n1,AF\n", "neither a PTB-XL database"),
                          ("", "no header line")):
@@ -224,7 +224,8 @@ PTBXL_HR = [f"HR0600{i}" for i in range(5)]
 
 @pytest.fixture(scope="module")
 def scored_output(ecg_dir, s3, ray_local):
-    """A job output on S3 from real CinC/PTB-XL records, stand-in weights, three label sets."""
+    """A job output on S3 from real CinC/PTB-XL records, stand-in weights, three label sets (ECGFM-KED
+    only: MELP scores zero-shot only with a text tower, which the stand-in weights lack)."""
     puts = {f"cpsc/{n}{e}": ecg_dir / "cpsc2018_cinc2020" / f"{n}{e}" for n in CPSC for e in (".hea", ".mat")}
     puts |= {f"cinc/{n}{e}": ecg_dir / "cinc2021_torch-ecg" / f"{n}{e}" for n in CINC for e in (".hea", ".mat")}
     puts |= {f"records500/06000/{n}{e}": ecg_dir / "cinc2021_torch-ecg" / f"{n}{e}" for n in PTBXL_HR
@@ -235,7 +236,7 @@ def scored_output(ecg_dir, s3, ray_local):
         s3.fs.pipe_file(f"{s3.bucket}/evaluate/archive/{key}", path.read_bytes())
     s3.fs.invalidate_cache()
     output = s3.url("evaluate/out")
-    manifest = run(RunConfig(inputs=[s3.url("evaluate/archive")], output=output, stand_in=True,
+    manifest = run(RunConfig(inputs=[s3.url("evaluate/archive")], output=output, stand_in=True, models=("ecgfm-ked",),
                              labels=["cpsc2018", "chapman", "ptbxl"], progress_interval_s=30, records_per_task=8))
     assert manifest["counts"]["ecgfm_ked_embeddings"] == len(puts) // 2
     return output

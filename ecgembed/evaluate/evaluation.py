@@ -10,6 +10,7 @@ record counts with the scores of its current bytes and model version, never a su
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -22,8 +23,20 @@ from ecgembed.evaluate import table as T
 from ecgembed.evaluate.truth import EvaluationError, Truth, read_truth
 from ecgembed.tables import views
 
-_SCORES = ("SELECT model, record_id, label_set_sha256, class_index, class_name, score, source_uri, run_id, "
-           "model_version FROM scores_current WHERE label_set = ?")
+_WHERE = "FROM scores_current WHERE label_set = $label_set AND ($model IS NULL OR model = $model)"
+
+
+@dataclass
+class ModelScores:
+    """One model's current scores of the label set, as a dense matrix."""
+
+    model: str
+    label_set_sha256: str
+    record_ids: list[str]                # sorted
+    classes: list[tuple[int, str]]       # (class_index, class_name) by index
+    matrix: np.ndarray                   # (n_records, n_classes) float64
+    model_versions: list[str]
+    runs: list[str]
 
 
 def evaluate(output: str, truth: str, label_set: str, model: str | None = None, run_id: str | None = None,
@@ -40,77 +53,66 @@ def evaluate(output: str, truth: str, label_set: str, model: str | None = None, 
         raise EvaluationError(f"--bootstrap must be between 0 and 100000, not {bootstrap}")
     now = datetime.now(timezone.utc)
     run_id = run_id or f"eval-{now.strftime('%Y%m%dT%H%M%SZ')}-{os.urandom(3).hex()}"
-    scores = _current_scores(output, label_set, model)
-    records = dict(zip(*_unique_records(scores)))
-    truth_of = read_truth(truth, records, label_set, _class_names(scores))
+    con = _connect(output)
+    params = {"label_set": label_set, "model": model}
+    metas = con.sql(f"""SELECT model, list(DISTINCT label_set_sha256), list(DISTINCT model_version),
+                               list(DISTINCT run_id) {_WHERE} GROUP BY model ORDER BY model""", params=params).fetchall()
+    if not metas:
+        have = con.sql("SELECT DISTINCT model, label_set FROM scores_current ORDER BY 1, 2").fetchall()
+        listed = ", ".join(f"{m}/{ls}" for m, ls in have) or "none"
+        raise EvaluationError(f"{storage.redact(output)}: no current scores for label set {label_set!r}"
+                              f"{f' and model {model!r}' if model else ''}; current model/label set pairs: {listed}")
+    records = dict(con.sql(f"SELECT DISTINCT record_id, source_uri {_WHERE}", params=params).fetchall())
+    classes = [name for _, name in con.sql(f"SELECT DISTINCT class_index, class_name {_WHERE} ORDER BY 1",
+                                           params=params).fetchall()]
+    truth_of = read_truth(truth, records, label_set, classes)
     rows = []
-    for name in sorted(set(scores.column("model").to_pylist())):
-        rows.extend(_evaluate_model(scores.filter(pc.equal(scores.column("model"), name)), name, label_set, truth_of,
-                                    run_id, now, bootstrap, seed))
+    for name, shas, versions, runs in metas:
+        scores = _model_scores(con, name, label_set, shas, sorted(versions), sorted(runs))
+        rows.extend(_evaluate_model(scores, label_set, truth_of, run_id, now, bootstrap, seed))
     table = pa.Table.from_pylist(rows, schema=T.SCHEMA)
     if write:
         T.append(output, table, run_id)
-        for name in sorted(set(rows_model["model"] for rows_model in rows)):
+        for name, *_ in metas:
             mine = table.filter(pc.equal(table.column("model"), name))
             T.write_plot(output, run_id, name, label_set, "roc", plots.roc_svg(mine))
             T.write_plot(output, run_id, name, label_set, "pr", plots.pr_svg(mine))
     return table
 
 
-def _current_scores(output: str, label_set: str, model: str | None) -> pa.Table:
+def _connect(output: str):
     con = views.connect(output)
     present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if "scores_current" not in present:
         raise EvaluationError(f"{storage.redact(output)}: no zero-shot scores to evaluate (no zero_shot_scores "
                               "table); run the job with --labels first")
-    sql, params = _SCORES, [label_set]
-    if model:
-        sql, params = sql + " AND model = ?", params + [model]
-    scores = con.sql(sql, params=params).to_arrow_table()
-    if scores.num_rows == 0:
-        have = con.execute("SELECT DISTINCT model, label_set FROM scores_current ORDER BY 1, 2").fetchall()
-        listed = ", ".join(f"{m}/{ls}" for m, ls in have) or "none"
-        raise EvaluationError(f"{storage.redact(output)}: no current scores for label set {label_set!r}"
-                              f"{f' and model {model!r}' if model else ''}; current model/label set pairs: {listed}")
-    return scores
+    return con
 
 
-def _unique_records(scores: pa.Table) -> tuple[list[str], list[str]]:
-    pairs = scores.select(["record_id", "source_uri"]).group_by(["record_id", "source_uri"]).aggregate([])
-    return pairs.column("record_id").to_pylist(), pairs.column("source_uri").to_pylist()
-
-
-def _class_names(scores: pa.Table) -> list[str]:
-    pairs = scores.select(["class_index", "class_name"]).group_by(["class_index", "class_name"]).aggregate([])
-    return [name for _, name in sorted(zip(pairs.column("class_index").to_pylist(), pairs.column("class_name").to_pylist()))]
-
-
-def _matrix(scores: pa.Table, model: str, label_set: str) -> tuple[list[str], list[tuple[int, str]], np.ndarray]:
-    """Sorted record ids, classes (index, name) and the (n, C) float64 score matrix."""
-    shas = set(scores.column("label_set_sha256").to_pylist())
+def _model_scores(con, model: str, label_set: str, shas: list[str], versions: list[str], runs: list[str]) -> ModelScores:
     if len(shas) != 1:
         raise EvaluationError(f"{model}: the current scores of label set {label_set!r} come from {len(shas)} different "
                               "class lists (label_set_sha256); scores of different lists are not comparable: re-score "
                               "with one list, or give the sets different names")
-    classes = sorted(set(zip(scores.column("class_index").to_pylist(), scores.column("class_name").to_pylist())))
+    params = {"label_set": label_set, "model": model}
+    classes = con.sql(f"SELECT DISTINCT class_index, class_name {_WHERE} ORDER BY 1", params=params).fetchall()
     if len({i for i, _ in classes}) != len(classes) or len({n for _, n in classes}) != len(classes):
         raise EvaluationError(f"{model}/{label_set}: class index and name do not pair up one to one in the scores")
-    record_ids = sorted(set(scores.column("record_id").to_pylist()))
-    row_of = {r: i for i, r in enumerate(record_ids)}
-    col_of = {i: j for j, (i, _) in enumerate(classes)}
-    matrix = np.full((len(record_ids), len(classes)), np.nan)              # (n, C)
-    rows = np.fromiter((row_of[r] for r in scores.column("record_id").to_pylist()), np.int64, scores.num_rows)
-    cols = np.fromiter((col_of[i] for i in scores.column("class_index").to_pylist()), np.int64, scores.num_rows)
-    matrix[rows, cols] = scores.column("score").to_numpy(zero_copy_only=False)
-    if np.isnan(matrix).any():
-        raise EvaluationError(f"{model}/{label_set}: {int(np.isnan(matrix).any(axis=1).sum())} record(s) lack a score "
-                              "for some class in scores_current")
-    return record_ids, classes, matrix
+    long = con.sql(f"SELECT record_id, class_index, score {_WHERE}", params=params).to_arrow_table()
+    record_ids = pc.unique(long.column("record_id")).sort()
+    rows = pc.index_in(long.column("record_id"), value_set=record_ids).to_numpy(zero_copy_only=False)
+    cols = pc.index_in(long.column("class_index"), value_set=pa.array([i for i, _ in classes], pa.int16()))
+    matrix = np.full((len(record_ids), len(classes)), np.nan)                  # (n, C)
+    matrix[rows, cols.to_numpy(zero_copy_only=False)] = long.column("score").to_numpy()
+    if long.num_rows != matrix.size or np.isnan(matrix).any():
+        raise EvaluationError(f"{model}/{label_set}: {long.num_rows} current score rows for {len(record_ids)} records "
+                              f"x {len(classes)} classes; every record needs exactly one score per class")
+    return ModelScores(model, shas[0], record_ids.to_pylist(), classes, matrix, versions, runs)
 
 
-def _evaluate_model(scores: pa.Table, model: str, label_set: str, truth: Truth, run_id: str, now: datetime,
+def _evaluate_model(scores: ModelScores, label_set: str, truth: Truth, run_id: str, now: datetime,
                     bootstrap: int, seed: int) -> list[dict]:
-    record_ids, classes, matrix = _matrix(scores, model, label_set)
+    record_ids, classes, matrix = scores.record_ids, scores.classes, scores.matrix
     scored = set(record_ids)
     universe = sorted({r for labels in truth.labels.values() for r in labels if r in scored})
     position = {r: i for i, r in enumerate(universe)}
@@ -127,12 +129,11 @@ def _evaluate_model(scores: pa.Table, model: str, label_set: str, truth: Truth, 
         evaluated.append(j)
     results = dict(zip(evaluated, metrics.evaluate_classes(inputs, len(universe), bootstrap, seed)))
     common = {
-        "run_id": run_id, "evaluated_at": now, "model": model, "label_set": label_set,
-        "label_set_sha256": scores.column("label_set_sha256")[0].as_py(), "n_scored": len(record_ids),
+        "run_id": run_id, "evaluated_at": now, "model": scores.model, "label_set": label_set,
+        "label_set_sha256": scores.label_set_sha256, "n_scored": len(record_ids),
         "bootstrap": bootstrap, "seed": seed, "truth_kind": truth.kind, "truth_source": truth.source,
-        "truth_sha256": truth.digest, "model_versions": sorted(set(scores.column("model_version").to_pylist())),
-        "scored_runs": sorted(set(scores.column("run_id").to_pylist())), "notes": list(truth.notes),
-        "ecgembed_version": __version__,
+        "truth_sha256": truth.digest, "model_versions": scores.model_versions, "scored_runs": scores.runs,
+        "notes": list(truth.notes), "ecgembed_version": __version__,
     }
     rows = []
     for j, (index, name) in enumerate(classes):
@@ -143,7 +144,7 @@ def _evaluate_model(scores: pa.Table, model: str, label_set: str, truth: Truth, 
         else:
             row.update(_figures(result), n_records=result.n_pos + result.n_neg)
         rows.append(row)
-    summary = metrics.macro([r for r in results.values()])
+    summary = metrics.macro(list(results.values()))
     rows.append({**common, "average": "macro", "class_index": None, "class_name": None,
                  "status": "ok" if summary.n_classes else "no_truth",
                  "reason": None if summary.n_classes else "no class has figures",

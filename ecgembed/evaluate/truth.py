@@ -94,8 +94,9 @@ def _read_csv(data: bytes, source: str) -> pa.Table:
     if not names or len(first) > 65536:
         raise EvaluationError(f"--truth {source}: no header line with column names")
     try:
-        return pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names}, strings_can_be_null=False))
+        return pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                              convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                   strings_can_be_null=False))
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise EvaluationError(f"--truth {source}: not a readable CSV ({str(exc)[:200]})") from None
 
@@ -201,6 +202,7 @@ def _match_ptbxl(record_id: str, by_stem: dict) -> dict[str, float] | None:
 def csv_truth(table: pa.Table, source: str, digest: str, records: dict[str, str], class_names: list[str]) -> Truth:
     wanted = set(class_names)
     labels: dict[str, dict[str, bool]] = {c: {} for c in class_names}
+    first_row: dict[tuple[str, str], int] = {}
     other_classes: dict[str, int] = {}
     other_records = 0
     for i, row in enumerate(table.select(["record_id", "class", "label"]).to_pylist()):
@@ -214,10 +216,11 @@ def csv_truth(table: pa.Table, source: str, digest: str, records: dict[str, str]
             other_records += 1
             continue
         value = raw in _TRUE
-        if labels[name].get(record_id, value) != value:
-            raise EvaluationError(f"--truth {source}: row {i + 2}: record {record_id[:80]!r} class {name!r} is "
-                                  "labelled both 1 and 0")
+        if labels[name].get(record_id, value) != value:       # row numbers only: record ids may carry identifiers
+            raise EvaluationError(f"--truth {source}: rows {first_row[(record_id, name)]} and {i + 2} label the same "
+                                  f"record as both 1 and 0 for class {name!r}")
         labels[name][record_id] = value
+        first_row.setdefault((record_id, name), i + 2)
     if other_classes and not any(labels.values()):
         raise EvaluationError(f"--truth {source}: no row names a class of the label set; its classes are "
                               f"{', '.join(class_names[:8])}{', ...' if len(class_names) > 8 else ''}; the file has "

@@ -8,7 +8,7 @@ uses ``METRIC_INNER_PRODUCT`` on normalised rows and its scores are cosines.
 - Above: ``IndexIVFFlat`` with ``nlist = 2 * sqrt(n)`` k-means lists (trained on at most
   50 vectors per list) and a hashtable id map. IVF, not HNSW, because a nightly update must
   *remove* superseded vectors, which FAISS's HNSW cannot. ``nprobe`` (lists visited per query)
-  is tuned at build time: the smallest power of two whose recall@10 against exact search, on
+  is tuned at build time: the smallest value whose recall@10 against exact search, on
   :data:`CALIBRATION_QUERIES` indexed vectors (themselves excluded), reaches
   :data:`TARGET_RECALL`. The vectors are stored uncompressed, so a probed list is scored
   exactly; recall is lost only to lists not visited.
@@ -81,19 +81,34 @@ def build(x: np.ndarray, ids: np.ndarray, kind: str = "auto") -> Built:
 
 
 def calibrate(index: faiss.IndexIVFFlat, x: np.ndarray, ids: np.ndarray, k: int = 10) -> tuple[int, float]:
-    """The smallest power-of-two nprobe reaching :data:`TARGET_RECALL` recall@k, and that recall."""
+    """The smallest nprobe reaching :data:`TARGET_RECALL` recall@k, and that recall.
+
+    Doubles nprobe until the target is met, then bisects between the last two values (recall
+    grows with nprobe, up to sampling noise).
+    """
     rng = np.random.default_rng(SEED + 1)
     queries = np.sort(rng.choice(len(x), size=min(len(x), CALIBRATION_QUERIES), replace=False))
     _, exact = faiss.knn(x[queries], x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)     # (q, k+1) positions
     truth = [set(ids[row].tolist()) - {ids[q]} for q, row in zip(queries, exact)]
-    nprobe, recall = 1, 0.0
-    while True:
+
+    def recall(nprobe: int) -> float:
         index.nprobe = nprobe
         _, found = index.search(x[queries], k + 1)                                  # (q, k+1) ids
-        recall = recall_at(truth, found, ids[queries], k)
-        if recall >= TARGET_RECALL or nprobe >= index.nlist:
-            return min(nprobe, index.nlist), recall
-        nprobe *= 2
+        return recall_at(truth, found, ids[queries], k)
+
+    low, high = 0, 1                         # recall(low) < target (0: nothing searched)
+    measured = recall(high)
+    while measured < TARGET_RECALL and high < index.nlist:
+        low, high = high, min(2 * high, index.nlist)
+        measured = recall(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        got = recall(middle)
+        if got >= TARGET_RECALL:
+            high, measured = middle, got
+        else:
+            low = middle
+    return high, measured
 
 
 def recall_at(truth: list[set], found: np.ndarray, query_ids: np.ndarray, k: int) -> float:

@@ -205,7 +205,8 @@ def _rebuild_reason(manifest: dict, kind: str, n_new: int, n_gone: int, count_af
     churn = (n_new + n_gone) / max(1, manifest["count"])
     if churn > rebuild_above:
         return f"{n_new} added + {n_gone} removed is {churn:.0%} of the index (rebuild above {rebuild_above:.0%})"
-    if manifest["kind"] == "ivf" and manifest.get("added_since_train", 0) + n_new > RETRAIN_GROWTH * manifest["trained_count"]:
+    grown = manifest.get("added_since_train", 0) + n_new
+    if manifest["kind"] == "ivf" and grown > RETRAIN_GROWTH * manifest["trained_count"]:
         return f"the IVF lists were trained on {manifest['trained_count']} vectors; retraining after this much growth"
     return None
 
