@@ -14,11 +14,13 @@ import os
 import pyarrow as pa
 
 from ecgembed import storage
+from ecgembed.errors import ConfigError
 from ecgembed.evaluate.truth import EvaluationError
 
 TABLE = "evaluation"
 PLOTS_DIR = "_evaluation"      # SVGs: _evaluation/<run_id>/<model>__<label_set>_{roc,pr}.svg
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+S3_COMMIT_MODES = {"conditional-put": {"conditional_put": "etag"}, "unsafe-rename": {"AWS_S3_ALLOW_UNSAFE_RENAME": "true"}}
 CURVE = pa.list_(pa.float32())
 
 SCHEMA = pa.schema([
@@ -80,10 +82,10 @@ def delta_storage_options(uri: str) -> dict[str, str]:
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if region:
         opts["AWS_REGION"] = region
-    if env.get("ECGEMBED_S3_COMMIT", "conditional-put") == "unsafe-rename":
-        opts["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
-    else:
-        opts["conditional_put"] = "etag"
+    mode = env.get("ECGEMBED_S3_COMMIT", "conditional-put")
+    if mode not in S3_COMMIT_MODES:
+        raise ConfigError(f"ECGEMBED_S3_COMMIT={mode!r}: use one of {', '.join(S3_COMMIT_MODES)}")
+    opts.update(S3_COMMIT_MODES[mode])
     return opts
 
 
