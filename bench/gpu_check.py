@@ -147,7 +147,7 @@ def fidelity_melp(device: torch.device, x: np.ndarray, expected: dict, weights: 
         if precision == "fp32":  # the modules called directly, without the model's precision contexts
             xd = torch.from_numpy(x).to(device)
             for extra, kwargs in (("torch_defaults", {}), ("autocast_all", {"autocast": device})):
-                raw = _direct(lambda: model.encoder(xd), **kwargs)
+                raw = _direct(lambda m=model: m.encoder(xd), **kwargs)
                 rows[extra] = row(raw["embedding"].float().cpu().numpy(), raw["probe_embedding"].float().cpu().numpy())
         del model
     return rows

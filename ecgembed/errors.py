@@ -28,7 +28,6 @@ ERROR_TYPES: dict[str, tuple[bool, str]] = {
     "corrupt": (True, "the payload cannot be decoded (malformed XML, bad base64, bad compression, checksum mismatch)"),
     "too_large": (True, "the record exceeds a size limit (object bytes, signal files, channels, samples)"),
     "unsafe_path": (True, "a file name in the record points outside the record's folder or is not a regular file"),
-    "internal_error": (True, "an unexpected exception (a bug): the message names the exception type"),
     "fetch_failed": (False, "the bytes could not be fetched (network or storage error)"),
     "model_failed": (False, "the model raised while embedding a batch containing the record"),
     "internal_error": (True, "an unexpected exception (a bug in ecgembed or a library): the message names its type "

@@ -17,7 +17,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from ecgembed.config import RunConfig
 from ecgembed.evaluate import EvaluationError, evaluate, pr_svg, read_truth, roc_svg, summary_lines
 from ecgembed.evaluate import mapping, metrics
-from ecgembed.evaluate.table import SCHEMA, delta_storage_options
+from ecgembed.evaluate.table import SCHEMA
+from ecgembed.tables.delta import storage_options
 from ecgembed.labels import BUILTIN_NAMES, builtin_label_set
 from ecgembed.pipeline import run
 from ecgembed.tables import views
@@ -302,7 +303,7 @@ def test_the_evaluation_table_on_s3_is_appended_once_per_run_with_plots(scored_o
     first = evaluate(scored_output, "header", "cpsc2018", bootstrap=10, run_id="eval-a")
     evaluate(scored_output, "header", "cpsc2018", bootstrap=10, run_id="eval-b")
     uri = scored_output + "/evaluation"
-    stored = DeltaTable(uri, storage_options=delta_storage_options(uri)).to_pyarrow_table()
+    stored = DeltaTable(uri, storage_options=storage_options(uri)).to_pyarrow_table()
     mine = stored.filter(pc.is_in(stored.column("run_id"), value_set=pa.array(["eval-a", "eval-b"])))
     assert mine.num_rows == 2 * first.num_rows == 2 * 10                          # 9 classes + macro, twice
     assert set(stored.schema.names) == set(SCHEMA.names)

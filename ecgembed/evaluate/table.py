@@ -9,18 +9,16 @@ it read.
 
 from __future__ import annotations
 
-import os
 
 import pyarrow as pa
 
 from ecgembed import storage
-from ecgembed.errors import ConfigError
 from ecgembed.evaluate.truth import EvaluationError
+from ecgembed.tables.delta import storage_options
 
 TABLE = "evaluation"
 PLOTS_DIR = "_evaluation"      # SVGs: _evaluation/<run_id>/<model>__<label_set>_{roc,pr}.svg
 TIMESTAMP = pa.timestamp("us", tz="UTC")
-S3_COMMIT_MODES = {"conditional-put": {"conditional_put": "etag"}, "unsafe-rename": {"AWS_S3_ALLOW_UNSAFE_RENAME": "true"}}
 CURVE = pa.list_(pa.float32())
 
 SCHEMA = pa.schema([
@@ -60,35 +58,6 @@ SCHEMA = pa.schema([
 ])
 
 
-def delta_storage_options(uri: str) -> dict[str, str]:
-    """delta-rs storage options for ``uri`` from the AWS_* environment ``ecgembed.storage`` uses.
-
-    Same mapping as the tables' own (to be merged into one function): endpoint (path-style,
-    HTTP allowed for an http:// endpoint), key pair, session token, region, and conditional-PUT
-    commits (``ECGEMBED_S3_COMMIT=unsafe-rename`` for stores without them).
-    """
-    if storage.split(uri)[0] != "s3":
-        return {}
-    env = os.environ
-    opts: dict[str, str] = {}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        opts.update(AWS_ENDPOINT_URL=endpoint, AWS_VIRTUAL_HOSTED_STYLE_REQUEST="false")
-        if endpoint.startswith("http://"):
-            opts["AWS_ALLOW_HTTP"] = "true"
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        if env.get(var):
-            opts[var] = env[var]
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    if region:
-        opts["AWS_REGION"] = region
-    mode = env.get("ECGEMBED_S3_COMMIT", "conditional-put")
-    if mode not in S3_COMMIT_MODES:
-        raise ConfigError(f"ECGEMBED_S3_COMMIT={mode!r}: use one of {', '.join(S3_COMMIT_MODES)}")
-    opts.update(S3_COMMIT_MODES[mode])
-    return opts
-
-
 def append(output: str, rows: pa.Table, run_id: str) -> int:
     """Append one evaluation's rows in one Delta commit tagged with its run id; returns the version.
 
@@ -97,7 +66,7 @@ def append(output: str, rows: pa.Table, run_id: str) -> int:
     from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
     uri = storage.join(output, TABLE)
-    opts = delta_storage_options(uri)
+    opts = storage_options(uri)
     if not DeltaTable.is_deltatable(uri, storage_options=opts):
         DeltaTable.create(uri, SCHEMA, mode="ignore", name=TABLE, storage_options=opts,
                           description="ecgembed zero-shot evaluation: AUROC/AUPRC per class with bootstrap intervals",
