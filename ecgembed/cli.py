@@ -102,6 +102,36 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """AUROC/AUPRC per class of the current zero-shot scores against a truth source."""
+    from ecgembed.evaluate import evaluate, summary_lines
+
+    rows = evaluate(args.output, args.truth, args.label_set, model=args.model, run_id=args.run_id,
+                    bootstrap=args.bootstrap, seed=args.seed)
+    for line in summary_lines(rows):
+        print(line)
+    return EXIT_OK
+
+
+def _index(args: argparse.Namespace) -> int:
+    """Build or bring up to date the nearest-neighbour index of a model's current embeddings."""
+    from ecgembed.search import build_index, update_index
+
+    result = (build_index(args.output, args.model, kind=args.kind) if args.rebuild
+              else update_index(args.output, args.model, kind=args.kind))
+    print(json.dumps(result, default=str))
+    return EXIT_OK
+
+
+def _neighbours(args: argparse.Namespace) -> int:
+    """The k records most similar to one record (cosine of the model's embeddings)."""
+    from ecgembed.search import neighbours
+
+    for record_id, cosine in neighbours(args.output, args.record_id, k=args.k, model=args.model):
+        print(f"{record_id}\t{cosine:.6f}")
+    return EXIT_OK
+
+
 def _compact(args: argparse.Namespace) -> int:
     """Delta optimize + vacuum of every table, keeping history younger than the retention."""
     from ecgembed.tables.compact import compact
@@ -161,6 +191,36 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--show-comments", action="store_true",
                          help="also print header comments and metadata (may hold patient data)")
     inspect.set_defaults(func=_inspect)
+    evaluate = sub.add_parser(
+        "evaluate", help="AUROC/AUPRC with bootstrap intervals of the zero-shot scores against diagnoses",
+        description="Example: ecgembed evaluate s3://hospital-ml/ecgembed/ --truth header --label-set cpsc2018")
+    evaluate.add_argument("output", help="the --output of the runs")
+    evaluate.add_argument("--truth", required=True, metavar="SOURCE",
+                          help="header (WFDB '# Dx:' SNOMED-CT codes), a ptbxl_database.csv, or a CSV record_id,class,label")
+    evaluate.add_argument("--label-set", required=True, metavar="NAME", help="the label set whose scores to evaluate")
+    evaluate.add_argument("--model", help="the model whose scores to evaluate (default: every model that scored it)")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                          help="bootstrap replicates for the 95%% intervals (default 1000; 0 skips them)")
+    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    evaluate.add_argument("--run-id", metavar="ID", help="id of this evaluation (default: time + random suffix)")
+    evaluate.set_defaults(func=_evaluate)
+    index = sub.add_parser(
+        "index", help="build or update the nearest-neighbour index of a model's current embeddings",
+        description="Example: ecgembed index s3://hospital-ml/ecgembed/ --model melp")
+    index.add_argument("output", help="the --output of the runs")
+    index.add_argument("--model", default="melp", help="the model whose embeddings to index (default melp)")
+    index.add_argument("--rebuild", action="store_true", help="build from scratch instead of updating")
+    index.add_argument("--kind", default="auto", choices=("auto", "flat", "ivf"),
+                       help="exact (flat) or approximate (ivf) index; auto picks by size (default)")
+    index.set_defaults(func=_index)
+    near = sub.add_parser(
+        "neighbours", help="the records most similar to one record, by cosine of their embeddings",
+        description="Example: ecgembed neighbours s3://hospital-ml/ecgembed/ georgia/E07500 -k 10")
+    near.add_argument("output", help="the --output of the runs")
+    near.add_argument("record_id", help="a record id of the tables")
+    near.add_argument("-k", type=int, default=10, help="how many neighbours (default 10)")
+    near.add_argument("--model", default="melp", help="whose embeddings (default melp)")
+    near.set_defaults(func=_neighbours)
     compact = sub.add_parser(
         "compact", help="compact the tables (Delta optimize) and delete files older than the retention (vacuum)",
         description="Example: ecgembed compact s3://hospital-ml/ecgembed/ --retention-hours 168")

@@ -220,6 +220,22 @@ def test_report_of_a_run_renders_every_plot_in_chromium(outputs, browser):
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(timeline, timeline[1:]))
 
 
+def test_an_evaluation_adds_its_roc_and_pr_curves_to_the_report(outputs, browser, tmp_path):
+    """`ecgembed evaluate` against the headers' Dx codes, then the report shows its curves."""
+    import shutil as sh
+
+    from ecgembed.evaluate import evaluate
+
+    out = tmp_path / "out"
+    sh.copytree(outputs["root"] / "out", out)
+    rows = evaluate(str(out), "header", "cpsc2018", model="ecgfm-ked", bootstrap=20)
+    assert rows.num_rows > 0
+    page = browser.open(Path(write_report(str(out), dest=str(tmp_path / "page.html"))))
+    figures = _check_page(page)
+    assert {"plot-eval-roc-ecgfm-ked-cpsc2018", "plot-eval-pr-ecgfm-ked-cpsc2018"} <= set(figures)
+    assert "Zero-shot evaluation" in page["text"] and "header truth" in page["text"]
+
+
 def test_progress_timeline_is_thinned_evenly_not_cut(ray_local):
     from ecgembed.progress import TIMELINE_POINTS, ProgressReporter
 

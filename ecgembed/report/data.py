@@ -79,6 +79,7 @@ class ReportData:
     quality: Quality | None = None
     scores: list[ScoreStrip] = field(default_factory=list)
     maps: list[EmbeddingMap] = field(default_factory=list)
+    evaluations: list = field(default_factory=list)   # pyarrow tables: the newest evaluation per model x label set
 
     @property
     def run_id(self) -> str:
@@ -115,6 +116,8 @@ def load(output: str, run_id: str | None = None) -> ReportData:
         data.quality = _quality(con, rid, model_tables)
     if S.SCORES_TABLE in views:
         data.scores = _scores(con, rid)
+    if "evaluation" in views:
+        data.evaluations = _evaluations(con)
     label_set = (run.get("config", {}).get("labels") or [None])[0]
     for model in run.get("models", {}):
         table = tables.get(model)
@@ -200,6 +203,15 @@ def _colour_source(model: str, strips: list[ScoreStrip], label_set: str | None) 
     """The model's own scores of the run's first label set; else another model's; else any scores."""
     ranked = sorted(strips, key=lambda s: (s.model != model, s.label_set != label_set))
     return ranked[0] if ranked else None
+
+
+def _evaluations(con: duckdb.DuckDBPyConnection) -> list:
+    """The rows of the newest ``ecgembed evaluate`` of each model x label set (``evaluation`` table)."""
+    newest = con.execute("""SELECT model, label_set, arg_max(run_id, evaluated_at) FROM evaluation
+                            GROUP BY ALL ORDER BY model, label_set""").fetchall()
+    return [con.sql("SELECT * FROM evaluation WHERE model = ? AND label_set = ? AND run_id = ? "
+                    "ORDER BY average DESC, class_index", params=[m, ls, rid]).to_arrow_table()
+            for m, ls, rid in newest]
 
 
 def failed_records(run: dict) -> int:

@@ -76,6 +76,7 @@ def render(data: ReportData) -> str:
         *_score_figures(data),
         "<h2>Embedding maps</h2>",
         *_map_figures(data),
+        *_evaluation_figures(data),
         "<h2>History of runs</h2>",
         figure("plot-history", plots.draw(plots.history, data.runs, data.run_id), "records and errors per night",
                "Every committed run of this output, summed per UTC day of its start, and each run's steady rate."),
@@ -167,6 +168,28 @@ def _map_figures(data: ReportData) -> list[str]:
                    "The first two principal components of a sample of the run's embeddings. Tight islands of one "
                    "colour are records the model finds alike; a single blob is expected from stand-in weights.")
             for m in data.maps]
+
+
+def _evaluation_figures(data: ReportData) -> list[str]:
+    """ROC and precision-recall curves of the newest evaluation of each model x label set, if any."""
+    from ecgembed.evaluate import pr_svg, roc_svg
+
+    if not data.evaluations:
+        return []
+    out = ["<h2>Zero-shot evaluation</h2>",
+           "<p>From <code>ecgembed evaluate</code>: the newest evaluation of each model and label set against "
+           "its truth source. With stand-in weights these numbers mean nothing.</p>"]
+    for rows in data.evaluations:
+        first = rows.slice(0, 1).to_pylist()[0]
+        name = f"{first['model']}-{first['label_set']}"
+        macro = [r for r in rows.to_pylist() if r["average"] == "macro"]
+        caption = (f"evaluation {first['run_id']} against {first['truth_kind']} truth ({first['truth_source']})"
+                   + (f"; macro AUROC {macro[0]['auroc']:.3f}, macro AUPRC {macro[0]['auprc']:.3f}"
+                      if macro and macro[0]["auroc"] is not None else ""))
+        for kind, draw in (("roc", roc_svg), ("pr", pr_svg)):
+            out.append(figure(f"plot-eval-{kind}-{ident(name)}", (draw(rows).encode(), False),
+                              f"{kind.upper()} curves of {name}", caption))
+    return out
 
 
 def _runs_table(data: ReportData) -> str:
