@@ -29,7 +29,7 @@ from ecgembed.progress import ProgressReporter
 from ecgembed.sources.discover import discover
 from ecgembed.sources.formats.base import Limits
 from ecgembed.stages import ModelStage, fault_hook_from_env, prepare
-from ecgembed.storage import redact
+from ecgembed.storage import redact, redact_text
 from ecgembed.tables.commit import commit_run, recover
 from ecgembed.tables.ledger import read_ledger, select_work
 from ecgembed.tables.lock import OutputLock
@@ -276,7 +276,32 @@ def _execute(config, run_id, started, found, work, resolved, lock, say, recovere
     result.setdefault("stats", stats)["commit_seconds"] = round(time.monotonic() - t_commit, 3)
     for line in summary_lines(result, config.output):
         say(line)
+    for line in update_indexes(config.output, [p.run.name for p in plans]):
+        say(line)
     return result
+
+
+def update_indexes(output: str, models: list[str]) -> list[str]:
+    """Bring the similarity index of each model that has one up to date with the new commit.
+
+    The run is committed already: an index that cannot be updated is reported, never a failure
+    of the run (``ecgembed index OUTPUT --model M`` brings it up to date later)."""
+    from ecgembed.search import update_index
+    from ecgembed.search.store import read_manifest
+
+    lines = []
+    for model in models:
+        if read_manifest(output, model) is None:
+            continue
+        try:
+            got = update_index(output, model)
+        except Exception as exc:  # noqa: BLE001 - the committed run stands; say why the index lags
+            lines.append(f"[ecgembed] warning: the {model} similarity index was not updated ({type(exc).__name__}: "
+                         f"{redact_text(str(exc))[:200]}); run: ecgembed index {redact(output)} --model {model}")
+            continue
+        lines.append(f"[ecgembed] {model} similarity index {got['action']}: +{got['added']} -{got['removed']} "
+                     f"({got['count']} vectors, {got['kind']})")
+    return lines
 
 
 def log_line_of(say):

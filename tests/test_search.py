@@ -91,7 +91,8 @@ def _assert_same(got: list[tuple[str, float]], want: list[tuple[str, float]]) ->
     assert np.allclose([c for _, c in got], [c for _, c in want], atol=1e-5)
 
 
-def test_exact_index_on_s3_equals_duckdb_brute_force_and_follows_a_nightly_run(ecg_dir, s3, ray_local, caplog):
+def test_exact_index_on_s3_equals_duckdb_brute_force_and_follows_a_nightly_run(ecg_dir, s3, ray_local, caplog,
+                                                                                monkeypatch):
     archive, output = "search/archive", s3.url("search/out")
     first = [f"E0750{i}" for i in range(6)]
     config = dict(inputs=[s3.url(archive)], output=output, stand_in=True, labels=["chapman"], progress_interval_s=30,
@@ -109,9 +110,15 @@ def test_exact_index_on_s3_equals_duckdb_brute_force_and_follows_a_nightly_run(e
     assert best[0][0] == "E07502" and best[0][1] == pytest.approx(1.0, abs=1e-5)
     old = store.read_manifest(output, "melp")
 
-    # the nightly run: two new records and one re-uploaded (changed bytes -> re-embedded, new run id)
+    # the nightly run: two new records and one re-uploaded (changed bytes -> re-embedded, new run id);
+    # runs keep existing indexes up to date themselves (below): here that step is skipped, to see a
+    # stale index and the manual update
+    from ecgembed import pipeline
+
     _put(s3, ecg_dir, archive, ["E07501", "E07506", "E07507"], change={"E07501": b"# re-exported\n"})
-    run(RunConfig(**config))
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "update_indexes", lambda output, models: [])
+        run(RunConfig(**config))
     caplog.set_level(logging.WARNING, logger="ecgembed")
     query._cache.clear()                              # as in a new process: the index is loaded again
     assert sorted(r for r, _ in neighbours(output, "E07500", k=8)) == first[1:]          # the old rows only
@@ -144,3 +151,9 @@ def test_exact_index_on_s3_equals_duckdb_brute_force_and_follows_a_nightly_run(e
                          (lambda: build_index(output, "no-such-model"), "models with embeddings: ecgfm_ked, melp")):
         with pytest.raises(SearchError, match=message):
             bad()
+    # a run updates every existing index after its commit
+    _put(s3, ecg_dir, archive, ["E07508"])
+    lines: list[str] = []
+    run(RunConfig(**config), log_line=lines.append)
+    assert any(line.startswith("[ecgembed] melp similarity index updated: +1 -0 (9 vectors") for line in lines), lines
+    assert index_status(output, "melp")["up_to_date"] and index_status(output, "ecgfm-ked")["up_to_date"]
