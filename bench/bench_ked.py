@@ -20,8 +20,8 @@ the trunk alone, and each mode against fp32.
 from __future__ import annotations
 
 import argparse
-import time
 
+import timing
 import torch
 
 from ecgembed.models.ecgfm_ked import ECGFMKED, load_ked
@@ -32,11 +32,6 @@ CLASS_COUNTS = (9, 71, 105)
 
 def gflop_per_record(n_classes: int | None) -> float:
     return TRUNK_GFLOP + (0.0 if n_classes is None else TQN_BASE_GFLOP + TQN_PER_CLASS_GFLOP * n_classes)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -52,17 +47,7 @@ def records_per_second(model: ECGFMKED, batch: int, n_classes: int | None, devic
             tokens = model.tokens(x)
             return tokens if feats is None else model.logits(tokens, feats[0]).softmax(-1)
 
-    for _ in range(warmup):
-        step()
-    sync(device)
-    n, start = 0, time.perf_counter()
-    while True:
-        step()
-        n += 1
-        sync(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and n >= 2:
-            return n * batch / elapsed
+    return timing.records_per_s(step, batch, device, warmup, min_seconds)
 
 
 def run_device(model: ECGFMKED, device: torch.device, batch: int, modes: list[str], args) -> None:

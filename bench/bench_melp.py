@@ -21,8 +21,8 @@ Throughput does not depend on the weight values, so random weights are the defau
 from __future__ import annotations
 
 import argparse
-import time
 
+import timing
 import torch
 
 from ecgembed.models.melp import MELP, MELPConfig, MELPEncoder, load_melp
@@ -62,30 +62,11 @@ def build(args, device: str, mode: str) -> torch.nn.Module:
     return WholeAutocast(model) if mode == "bf16-whole" else model
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 @torch.inference_mode()
 def records_per_s(model: torch.nn.Module, batch: int, device: str, min_time: float, warmup: int, repeats: int = 1) -> float:
     """Best of ``repeats`` timed windows of at least ``min_time`` s (best-of: robust to other load)."""
     x = torch.rand(batch, 12, 5000, device=device)
-    for _ in range(warmup):
-        model(x)
-    sync(device)
-    best = 0.0
-    for _ in range(repeats):
-        n, start = 0, time.perf_counter()
-        while True:
-            model(x)
-            n += 1
-            sync(device)
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time and n >= 2:
-                break
-        best = max(best, n * batch / elapsed)
-    return best
+    return timing.records_per_s(lambda: model(x), batch, device, warmup, min_time, repeats=repeats)
 
 
 def peak_for(name: str, override: list[float] | None) -> tuple[float, float] | None:

@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ecgembed.models import execution  # noqa: E402
+from timing import records_per_s, sync  # noqa: E402 - bench/timing.py
 from ecgembed.models.ecgfm_ked import ECGFMKED, load_ked, load_ked_text  # noqa: E402
 from ecgembed.models.melp import MELP, MELPConfig, MELPEncoder, load_melp  # noqa: E402
 
@@ -83,11 +84,6 @@ class Report:
     def write(self) -> None:
         (self.out / "gpu_check.json").write_text(json.dumps(self.data, indent=2, default=float) + "\n")
         (self.out / "gpu_check.txt").write_text("\n".join(self.lines) + "\n")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -234,18 +230,6 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     return best
 
 
-def records_per_s(step, batch: int, device: torch.device, warmup: int, min_seconds: float, min_iters: int) -> float:
-    for _ in range(warmup):
-        step()
-    sync(device)
-    n, start = 0, time.perf_counter()
-    while True:
-        step()
-        n += 1
-        sync(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds and n >= min_iters:
-            return n * batch / elapsed
 
 
 def throughput(report: Report, device: torch.device, batches: list[int], small: bool) -> dict:
