@@ -290,7 +290,14 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     except Exception as exc:  # noqa: BLE001 - storage failures are expected; anything else is a bug
         problem = storage_problem(exc)
         if problem is None:
-            raise
+            import traceback
+
+            from ecgembed.storage import redact_text
+
+            traceback.print_exc(file=sys.stderr)
+            print(f"ecgembed: internal error (a bug; please report it with the traceback above): "
+                  f"{type(exc).__name__}: {redact_text(str(exc))[:300]}", file=sys.stderr)
+            return EXIT_INTERNAL
         print(f"ecgembed: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
 

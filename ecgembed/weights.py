@@ -56,11 +56,6 @@ def cache_dir() -> Path:
     return path
 
 
-def join(uri: str, name: str) -> str:
-    """A file inside a folder URI (also for ``hf://org/repo``)."""
-    return storage.join(uri, name)
-
-
 def fetch(uri: str) -> FetchedFile:
     """A local copy of ``uri`` and its sha256 (downloaded once per node, then cached)."""
     uri = os.fspath(uri)

@@ -130,13 +130,22 @@ def _handler_for(directory: Path):
     return Handler
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """A client that stops reading on purpose (a reader enforcing a size cap) is not an error."""
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
 @pytest.fixture(scope="session")
 def http_server():
     """``http_server(directory) -> base URL`` of a loopback HTTP server for that folder."""
     servers = []
 
     def start(directory) -> str:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(Path(directory)))
+        server = _QuietServer(("127.0.0.1", 0), _handler_for(Path(directory)))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"

@@ -40,53 +40,77 @@ def _one_error_line(proc) -> str:
     return lines[0]
 
 
-def test_version_and_bad_options(tmp_path):
-    assert _cli("--version").stdout.strip().startswith("ecgembed ")
-    assert _cli("run", "--no-such-flag").returncode == 2
+class _Ran:
+    """What an in-process call of an entry point printed and returned (as the subprocess would)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _call(capsys, *args: str, job: bool = False) -> _Ran:
+    """``ecgembed ARGS`` or ``jobs/embed_ecgs.py ARGS`` in this process: the same code the scripts run."""
+    from ecgembed.cli import main, run_main
+
+    capsys.readouterr()
+    try:
+        code = run_main(list(args), prog="embed_ecgs.py") if job else main(list(args))
+    except SystemExit as exit_:          # argparse's own errors and --version
+        code = exit_.code
+    out = capsys.readouterr()
+    return _Ran(code, out.out, out.err)
+
+
+def test_version_and_bad_options(tmp_path, capsys):
+    assert _cli("--version").stdout.strip().startswith("ecgembed ")                # the real command, once
+    assert _cli("--version", job=True).stdout.strip().startswith("ecgembed ")      # and the job script, once
+    assert _call(capsys, "run", "--no-such-flag").returncode == 2
     for job in (False, True):
         args = ("run",) if not job else ()
-        missing_input = _cli(*args, "--output", str(tmp_path / "out"), "--stand-in", job=job)
+        missing_input = _call(capsys, *args, "--output", str(tmp_path / "out"), "--stand-in", job=job)
         assert missing_input.returncode == 2 and "--input is required" in _one_error_line(missing_input)
-    bad_id = _cli("run", "--input", SAMPLES, "--output", str(tmp_path / "o"), "--stand-in", "--run-id", "../../x")
+    bad_id = _call(capsys, "run", "--input", SAMPLES, "--output", str(tmp_path / "o"), "--stand-in", "--run-id",
+                   "../../x")
     assert bad_id.returncode == 2 and "--run-id must match" in _one_error_line(bad_id)
     assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
-    not_dir = _cli("run", "--input", SAMPLES, "--output", str(a_file), "--stand-in")
+    not_dir = _call(capsys, "run", "--input", SAMPLES, "--output", str(a_file), "--stand-in")
     assert not_dir.returncode == 2 and "is a file" in _one_error_line(not_dir)
 
 
-def test_weights_unavailable_is_exit_3_from_both_entry_points(tmp_path):
+def test_weights_unavailable_is_exit_3_from_both_entry_points(tmp_path, capsys):
     for job in (False, True):
         args = ("run",) if not job else ()
-        proc = _cli(*args, "--input", SAMPLES, "--output", str(tmp_path / "out"), "--models", "melp",
+        ran = _call(capsys, *args, "--input", SAMPLES, "--output", str(tmp_path / "out"), "--models", "melp",
                     "--melp-weights", str(tmp_path / "nowhere"), job=job)
-        assert proc.returncode == 3, proc.stderr
-        assert "model weights unavailable" in _one_error_line(proc)
+        assert ran.returncode == 3, ran.stderr
+        assert "model weights unavailable" in _one_error_line(ran)
 
 
-def test_storage_without_credentials_is_one_line_with_the_fix(s3, tmp_path):
-    env = _env(AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None, AWS_PROFILE=None, AWS_SESSION_TOKEN=None,
-               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"),
-               AWS_EC2_METADATA_DISABLED="true")
+def test_storage_without_credentials_is_one_line_with_the_fix(s3, tmp_path, capsys, monkeypatch):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     for args in (("inspect", s3.url("nothing/")),
                  ("run", "--input", s3.url("nothing/"), "--output", str(tmp_path / "o"), "--stand-in"),
                  ("sql", s3.url("nothing/"), "SELECT 1")):
-        proc = _cli(*args, env=env)
-        assert proc.returncode == 2, (args, proc.stderr)
-        assert "credentials are missing" in _one_error_line(proc) and "AWS_ACCESS_KEY_ID" in proc.stderr
+        ran = _call(capsys, *args)
+        assert ran.returncode == 2, (args, ran.stderr)
+        assert "credentials are missing" in _one_error_line(ran) and "AWS_ACCESS_KEY_ID" in ran.stderr
 
 
-def test_sql_errors_are_one_line(tmp_path):
-    proc = _cli("sql", str(tmp_path), "SELECT * FROM no_such_table")
-    assert proc.returncode == 2 and "no_such_table" in _one_error_line(proc)
+def test_sql_errors_are_one_line(tmp_path, capsys):
+    ran = _call(capsys, "sql", str(tmp_path), "SELECT * FROM no_such_table")
+    assert ran.returncode == 2 and "no_such_table" in _one_error_line(ran)
 
 
 def test_locked_output_is_exit_4(tmp_path):
     from ecgembed.tables.lock import OutputLock
 
     out = tmp_path / "out"
-    with OutputLock(str(out), "someone-else"):
+    with OutputLock(str(out), "someone-else"):          # a real second process is refused
         proc = _cli("run", "--input", SAMPLES, "--output", str(out), "--stand-in")
     assert proc.returncode == 4 and "someone-else" in _one_error_line(proc)
 
@@ -156,3 +180,16 @@ def test_ctrl_c_is_exit_130_and_commits_nothing(tmp_path):
     from ecgembed.tables.lock import OutputLock
 
     assert OutputLock(str(out), "probe").current()[1]["state"] == "released"
+
+
+def test_a_bug_is_exit_1_with_the_traceback_and_one_closing_line(monkeypatch, capsys, tmp_path):
+    import ecgembed.pipeline
+    from ecgembed.cli import main
+
+    def broken(config, log_line=None):
+        raise AssertionError("an invariant ecgembed relies on did not hold")
+
+    monkeypatch.setattr(ecgembed.pipeline, "run", broken)
+    assert main(["run", "--input", SAMPLES, "--output", str(tmp_path / "out"), "--stand-in"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("ecgembed: internal error (a bug")

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from ecgembed.errors import WeightsError
-from ecgembed.weights import FetchedFile, cache_dir, fetch, join
+from ecgembed.storage import join
+from ecgembed.weights import FetchedFile, cache_dir, fetch
 
 from .checkpoint import fetch_checkpoint, load_section, read_checkpoint
 from .config import DEFAULT_TEXT_MODEL, DEFAULT_WEIGHTS_URI, KEDConfig

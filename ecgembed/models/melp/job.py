@@ -13,6 +13,7 @@ import hashlib
 import numpy as np
 import torch
 
+from ecgembed import storage
 from ecgembed import weights as W
 from ecgembed.errors import WeightsError
 from ecgembed.models import standin
@@ -62,7 +63,7 @@ class MelpSpec(ModelSpec):
         digest = hashlib.sha256(W.fetch(file_uri).sha256.encode())
         for name in ("config.json", *TOKENIZER_FILES):
             try:
-                digest.update(f"{name}:{W.fetch(W.join(options['text_model'], name)).sha256}".encode())
+                digest.update(f"{name}:{W.fetch(storage.join(options['text_model'], name)).sha256}".encode())
             except WeightsError:
                 if name == "config.json":
                     raise   # tokenizer files are alternatives: absent ones do not count

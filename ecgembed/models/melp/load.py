@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ecgembed import weights
+from ecgembed import storage, weights
 from ecgembed.errors import WeightsError
 
 from .config import DEFAULT_WEIGHTS_URI, MELPConfig
@@ -301,7 +301,7 @@ def resolve_weights_uri(uri: str) -> tuple[str, str | None]:
         is_file = uri.rstrip("/").rsplit("/", 1)[-1].lower().endswith(_FILE_SUFFIXES)
     if is_file:
         return uri, None
-    return weights.join(uri, WEIGHTS_FILE), weights.join(uri, CONFIG_FILE)
+    return storage.join(uri, WEIGHTS_FILE), storage.join(uri, CONFIG_FILE)
 
 
 def fetch_encoder(

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecgembed import weights
+from ecgembed import storage, weights
 from ecgembed.errors import WeightsError
 
 from .load import map_key, match_keys, open_safetensors, read_index, resolve_weights_uri
@@ -119,7 +119,7 @@ def _local_model_dir(uri: str, stack: list) -> Path:
     stack.append(tmp)
     for name in ("config.json", *TOKENIZER_FILES):
         try:
-            fetched = weights.fetch(weights.join(uri, name))
+            fetched = weights.fetch(storage.join(uri, name))
         except WeightsError:
             if name == "config.json":
                 raise
