@@ -290,7 +290,7 @@ def in_process(refs, resolved, output: str, write: bool) -> dict:
             hops["manifest"] += table.nbytes
             batch = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
             with timed() as t:
-                out = prepare(batch, tuple(r.name for r in runs), progress=progress)
+                out = prepare(batch, tuple(r.spec for r in runs), progress=progress)
             prep_wall, prep_cpu = prep_wall + t.wall, prep_cpu + t.cpu
             failed = Counter(out[C.ERROR_TYPE][out[C.STATUS] == C.ERROR].tolist())
             if failed:

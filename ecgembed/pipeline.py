@@ -49,7 +49,7 @@ def build(work: list[C.Work], plans: list[ModelPlan], class_features: dict[str, 
     attributes = {ref.record_id: dict(ref.attributes) for ref in refs} if config.manifest_columns else None
     ds = ray.data.from_arrow(C.manifest(work, runs, attributes, config.manifest_columns)).repartition(blocks)
     ds = ds.map_batches(
-        prepare, fn_kwargs={"models": tuple(r.name for r in runs), "limits": _limits(config), "progress": progress,
+        prepare, fn_kwargs={"specs": tuple(r.spec for r in runs), "limits": _limits(config), "progress": progress,
                             "fault_hook": fault_hook_from_env("ECGEMBED_PREPARE_FAULT_HOOK"),
                             "metadata": tuple(config.metadata)},
         batch_size=config.records_per_task, num_cpus=1,

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from ecgembed import columns as C
 from ecgembed.errors import ECGError
 from ecgembed.leads import standard_leads
-from ecgembed.models.registry import SPECS
+from ecgembed.models.spec import ModelSpec
 from ecgembed.plan import ModelPlan
 from ecgembed.preprocess import quality_flags
 from ecgembed.sources.discover import RecordRef
@@ -52,7 +52,7 @@ def _internal(exc: BaseException) -> str:
 class _Outcome:
     """The output columns of ``prepare`` for one batch, filled record by record."""
 
-    def __init__(self, batch: dict[str, np.ndarray], models: tuple[str, ...]):
+    def __init__(self, batch: dict[str, np.ndarray], specs: tuple[ModelSpec, ...]):
         n = len(batch[C.RECORD_ID])
         self.n = n
         self.cols: dict[str, np.ndarray] = {
@@ -74,7 +74,7 @@ class _Outcome:
                 self.cols[key] = np.asarray(values, dtype=bool)
             elif key.startswith(C.attribute("")):
                 self.cols[key] = np.asarray(values, dtype=object)
-        self.specs = [SPECS[m] for m in models]
+        self.specs = specs
         for spec in self.specs:
             self.cols[C.model_input(spec)] = np.zeros((n, *spec.input_shape), np.float32)
 
@@ -85,13 +85,14 @@ class _Outcome:
         self.cols[C.ERROR_MESSAGE][i] = message
 
 
-def prepare(batch: dict[str, np.ndarray], models: tuple[str, ...], limits: Limits = Limits(), progress=None,
+def prepare(batch: dict[str, np.ndarray], specs: tuple[ModelSpec, ...], limits: Limits = Limits(), progress=None,
             fault_hook: str | None = None, metadata: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """CPU stage: fetch (many requests in flight), decode, pick leads, flags, each needed model input.
 
-    ``metadata``: the fields of the files' own metadata the user opted in to (``--metadata``).
+    ``specs``: the models of the run (their preprocessing travels with them; no registry lookup
+    in the workers). ``metadata``: the fields of the files' own metadata the user opted in to.
     """
-    out = _Outcome(batch, models)
+    out = _Outcome(batch, specs)
     for field in metadata:
         out.cols[C.metadata(field)] = np.full(out.n, "", dtype=object)
     fault = _resolve(fault_hook) if fault_hook else None
