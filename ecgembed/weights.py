@@ -240,9 +240,8 @@ def _read_meta(meta_path: Path, file_path: Path) -> str | None:
 
 def _write_meta(meta_path: Path, file_path: Path, sha: str) -> None:
     stat = file_path.stat()
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
-    os.replace(tmp, meta_path)
+    storage.write_local_atomic(meta_path, json.dumps({"sha256": sha, "size": stat.st_size,
+                                                      "mtime_ns": stat.st_mtime_ns}).encode())
 
 
 

@@ -167,11 +167,13 @@ def test_a_terminal_shows_one_bar_no_ray_blocks_and_strict_fails_with_5(tmp_path
     assert again.returncode == 2 and "night-1" in _one_error_line(again)
 
 
-def test_ctrl_c_is_exit_130_and_commits_nothing(tmp_path):
+def test_ctrl_c_is_exit_130_and_commits_nothing(tmp_path, ray_local):
     out = tmp_path / "out"
-    env = _env(ECGEMBED_FAULT_HOOK="tests.faults:slow:30")       # the model batches wait: Ctrl-C lands mid-run
-    code, text = _run_in_pty(["run", "--input", SAMPLES, "--output", str(out), "--stand-in", "--labels", "cpsc2018"],
-                             env, timeout=300, interrupt_when=b"model actors on")
+    # the model batches wait, so Ctrl-C lands mid-run; the command joins the session's Ray (as under
+    # `ray job submit`), which is why it names its device
+    env = _env(ECGEMBED_FAULT_HOOK="tests.faults:slow:30", RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
+    code, text = _run_in_pty(["run", "--input", SAMPLES, "--output", str(out), "--stand-in", "--labels", "cpsc2018",
+                              "--device", "cpu"], env, timeout=300, interrupt_when=b"model actors on")
     assert code == 130, text[-3000:]
     assert "ecgembed: interrupted" in text and "Traceback" not in text
     from ecgembed.tables.commit import read_runs

@@ -18,6 +18,7 @@ or ``~/.cache/ecgembed``), so ECG actors receive a small float32 array and never
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from ecgembed.errors import WeightsError
-from ecgembed.storage import join
+from ecgembed.storage import join, write_local_atomic
 from ecgembed.weights import FetchedFile, cache_dir, fetch
 
 from .checkpoint import fetch_checkpoint, load_section, read_checkpoint
@@ -206,8 +207,7 @@ def _read_cached(path: Path, label_set, cfg: KEDConfig) -> np.ndarray | None:
 
 
 def _write_cached(path: Path, feats: np.ndarray, label_set) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, features=feats, label_set_sha256=np.str_(label_set.sha256),
+    buffer = io.BytesIO()
+    np.savez(buffer, features=feats, label_set_sha256=np.str_(label_set.sha256),
              class_names=np.array(label_set.names, dtype=np.str_))
-    os.replace(tmp, path)  # atomic: readers see the whole file or none
+    write_local_atomic(path, buffer.getvalue())   # readers see the whole file or none
