@@ -286,7 +286,6 @@ def update_indexes(output: str, models: list[str]) -> list[str]:
 
     The run is committed already: an index that cannot be updated is reported, never a failure
     of the run (``ecgembed index OUTPUT --model M`` brings it up to date later)."""
-    from ecgembed.search import update_index
     from ecgembed.search.store import read_manifest
 
     lines = []
@@ -294,6 +293,8 @@ def update_indexes(output: str, models: list[str]) -> list[str]:
         if read_manifest(output, model) is None:
             continue
         try:
+            from ecgembed.search.index import update_index
+
             got = update_index(output, model)
         except Exception as exc:  # noqa: BLE001 - the committed run stands; say why the index lags
             lines.append(f"[ecgembed] warning: the {model} similarity index was not updated ({type(exc).__name__}: "
