@@ -3,8 +3,9 @@
 
     (a) fidelity   MELP and ECGFM-KED on the 8 e2e records against the original code's outputs
                    (``expected.npz``): strict fp32 (TF32 off), torch defaults (cuDNN TF32 on), the
-                   bf16 policy, whole-model bf16 autocast (the policy it replaced) and, for KED,
-                   all-TF32 (the measured alternative to its fp32 policy)
+                   bf16 policy (MELP: fp32 front, TF32 positional conv, bf16 rest; KED: TF32),
+                   whole-model bf16 autocast (the policy it replaced) and, for KED, all-TF32
+                   called directly (its bf16 policy's numerics, outside the model's contexts)
     (b) model      records/s of MELP and KED at batch 128/256/512, fp32 and bf16, input already on
                    the device; FLOPs from torch.utils.flop_counter; fraction of the FLOP bound
     (c) preprocess CPU records/s of fetch + decode + leads + both model inputs, on all cores
@@ -51,8 +52,8 @@ MELP_REFERENCE_SHA256 = "337f3011c15e0e3215433dff706b4b214d1477eba52c16004f112fd
 PIPELINE_LABELS = "ptbxl"                      # the CLI's default label set (71 classes)
 PIPELINE_BATCH = {"melp": 128, "ecgfm-ked": 256}  # the CLI's default GPU batch sizes
 # Peaks assumed when the in-run matmul measurement is not available (datasheet fp32 without tensor
-# cores; bf16 as measured on the lent H200 with an 8192^3 matmul).
-ASSUMED_PEAK_TFLOPS = {"fp32": 67.0, "bf16": 790.0}
+# cores; bf16 as measured on the lent H200 with an 8192^3 matmul; TF32 half of that).
+ASSUMED_PEAK_TFLOPS = {"fp32": 67.0, "tf32": 395.0, "bf16": 790.0}
 
 
 # --------------------------------------------------------------------------- report
@@ -172,7 +173,7 @@ def fidelity_ked(device: torch.device, x: np.ndarray, expected: dict, weights: s
 
             extras = {"torch_defaults": {}, "autocast_all": {"autocast": device}}
             if device.type == "cuda":
-                extras["tf32_all"] = {"tf32": True}  # the measured alternative to KED's fp32 policy
+                extras["tf32_all"] = {"tf32": True}  # KED's bf16 policy, called directly
             for extra, kwargs in extras.items():
                 emb, scores = _direct(direct, **kwargs)
                 rows[extra] = row(emb.cpu().numpy(), scores.cpu().numpy())
@@ -206,8 +207,10 @@ def flops_per_record(n_classes: int) -> dict:
     with torch.device("meta"):
         melp, ked = MELPEncoder(MELPConfig()), ECGFMKED()
         xm, xk, feats = torch.empty(1, 12, 5000), torch.empty(1, 12, 1000), torch.empty(n_classes, 768)
+        xp = torch.empty(1, 768, MELPConfig().n_tokens)
     counts = {}
     for name, fn in (("melp", lambda: melp(xm)), ("melp_front", lambda: melp.backbone.front(xm)),
+                     ("melp_pos", lambda: melp.backbone.conv_pos(xp)),
                      ("ecgfm-ked", lambda: ked.logits(ked.tokens(xk), feats)), ("ked_trunk", lambda: ked.tokens(xk))):
         with FlopCounterMode(display=False) as counter:
             fn()
@@ -215,12 +218,13 @@ def flops_per_record(n_classes: int) -> dict:
     return counts
 
 
-def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
-    """Best of a few 8192^3 matmuls (IEEE fp32 for float32): the bound the model rows are held to."""
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, allow_tf32: bool = False) -> float:
+    """Best of a few 8192^3 matmuls (IEEE fp32 for float32 unless ``allow_tf32``): the bound the
+    model rows are held to."""
     a = torch.randn(8192, 8192, device=device, dtype=dtype)
     b = torch.randn(8192, 8192, device=device, dtype=dtype)
     best = 0.0
-    with execution.ieee_fp32(device):
+    with (execution.tf32 if allow_tf32 else execution.ieee_fp32)(device):
         for _ in range(6):
             sync(device)
             start = time.perf_counter()
@@ -238,20 +242,26 @@ def throughput(report: Report, device: torch.device, batches: list[int], small: 
     n_classes = len(load_label_set(PIPELINE_LABELS).classes)
     flops = flops_per_record(n_classes)
     if device.type == "cuda":
-        peaks = {"fp32": matmul_peak_tflops(device, torch.float32), "bf16": matmul_peak_tflops(device, torch.bfloat16)}
-        peak_source = "measured in this run: best 8192^3 matmul (fp32 IEEE, bf16)"
+        peaks = {"fp32": matmul_peak_tflops(device, torch.float32), "bf16": matmul_peak_tflops(device, torch.bfloat16),
+                 "tf32": matmul_peak_tflops(device, torch.float32, allow_tf32=True)}
+        peak_source = "measured in this run: best 8192^3 matmul (fp32 IEEE, bf16, tf32)"
     else:
         peaks, peak_source = dict(ASSUMED_PEAK_TFLOPS), "assumed (no CUDA): H200 fp32 datasheet, bf16 measured on the lent H200"
-    report.say(f"FLOP/record: MELP {flops['melp'] / 1e9:.2f} G (front {flops['melp_front'] / 1e9:.2f} G), "
+    report.say(f"FLOP/record: MELP {flops['melp'] / 1e9:.2f} G (front {flops['melp_front'] / 1e9:.2f} G, "
+               f"positional conv {flops['melp_pos'] / 1e9:.2f} G), "
                f"KED {flops['ecgfm-ked'] / 1e9:.2f} G with {n_classes} classes (trunk {flops['ked_trunk'] / 1e9:.2f} G)")
-    report.say(f"bound TFLOP/s: fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} ({peak_source})")
+    report.say(f"bound TFLOP/s: fp32 {peaks['fp32']:.1f}, tf32 {peaks['tf32']:.1f}, bf16 {peaks['bf16']:.1f} "
+               f"({peak_source})")
 
     def bound_s(model: str, precision: str) -> float:
-        """Ideal seconds per record at the peaks, with each policy's fp32 and bf16 parts."""
+        """Ideal seconds per record at the peaks, with each policy's fp32, TF32 and bf16 parts."""
         if model == "melp" and precision == "bf16":
-            front = flops["melp_front"]
-            return front / (peaks["fp32"] * 1e12) + (flops["melp"] - front) / (peaks["bf16"] * 1e12)
-        return flops[model] / (peaks["fp32"] * 1e12)  # fp32, and KED's bf16 policy (fp32 throughout)
+            front, pos = flops["melp_front"], flops["melp_pos"]
+            return (front / (peaks["fp32"] * 1e12) + pos / (peaks["tf32"] * 1e12)
+                    + (flops["melp"] - front - pos) / (peaks["bf16"] * 1e12))
+        if precision == "bf16":  # KED's bf16 policy: TF32 throughout
+            return flops[model] / (peaks["tf32"] * 1e12)
+        return flops[model] / (peaks["fp32"] * 1e12)
 
     warmup, min_s, min_iters = (0, 0.0, 1) if small else (3, 1.0, 3)  # small: a smoke test, not a figure
     rows = []

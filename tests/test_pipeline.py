@@ -131,7 +131,7 @@ def test_precision_is_part_of_the_version_so_switching_it_re_embeds(ecg_dir, ray
     bf16 = run(RunConfig(precision="bf16", **config))
     versions = {name: m["model_version"] for name, m in bf16["models"].items()}
     # MELP's bf16 policy changes its numbers (a new version); ECGFM-KED runs fp32 under both (same version)
-    assert versions["melp"].startswith("stand-in:melp") and versions["melp"].endswith("+bf16-fp32front")
+    assert versions["melp"].startswith("stand-in:melp") and versions["melp"].endswith("+bf16-fp32front-tf32pos")
     assert "+bf16" not in versions["ecgfm-ked"]
     got = connect(str(tmp_path / "out")).execute(f"SELECT DISTINCT model_version FROM {MELP_TABLE}").fetchall()
     assert got == [(bf16["models"]["melp"]["model_version"],)]

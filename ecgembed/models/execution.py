@@ -11,6 +11,9 @@ Precision (``"fp32"`` | ``"bf16"``, chosen once when a model is loaded):
   zero-shot scores by 1.3e-3 on the e2e records, so "fp32" here means fp32. The TF32 switches
   are process-wide in torch: the block sets them and restores the previous values on exit,
   which is safe because an actor runs one batch at a time.
+- :func:`tf32` is a block of fp32 tensors with TF32 allowed in CUDA matmuls and cuDNN
+  convolutions (inputs rounded to a 10-bit mantissa, fp32 accumulation: 3 bits more than bf16).
+  Without CUDA there is no TF32 and the block is IEEE fp32.
 - :func:`bf16_autocast` is a block under bf16 autocast (weights stay fp32; matmuls and
   convolutions run in bf16, LayerNorm/softmax and friends in fp32, as torch's autocast lists say).
 
@@ -47,6 +50,23 @@ def ieee_fp32(device: torch.device) -> Iterator[None]:
         matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+            torch.backends.cudnn.allow_tf32 = cudnn
+
+
+@contextlib.contextmanager
+def tf32(device: torch.device) -> Iterator[None]:
+    """fp32 tensors with TF32 matmuls and cuDNN convolutions on CUDA (IEEE fp32 elsewhere); no autocast."""
+    with torch.autocast(device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
         try:
             yield
         finally:

@@ -9,11 +9,13 @@ computed once and cached (``text.class_features``), so an ECG actor never loads 
 actor uploads them once (:meth:`ECGFMKED.to_device`). Scores depend on the whole class list
 (the queries attend to each other): store them with their label set.
 
-Precision: ``"fp32"`` and ``"bf16"`` both run IEEE fp32 throughout (TF32 off on CUDA), so
-:func:`precision_tag` is ``""`` for both and switching ``--precision`` never re-embeds KED.
-Why: the zero-shot score is a softmax over TQN logits and moves far more than the embedding.
-Measured on the 8 e2e conformance records with the conformance weights and their 5 class
-texts (CPU autocast; min cosine of the embedding to fp32, largest score change):
+Precision: ``"fp32"`` is IEEE fp32 throughout (TF32 off on CUDA). ``"bf16"``, the fast policy
+``--precision bf16`` selects for every model, runs KED in fp32 with TF32 matmuls and cuDNN
+convolutions on CUDA (tag ``+tf32``), never in bf16. Without CUDA there is no TF32: the rows
+are fp32's numbers under the ``+tf32`` tag. Why not bf16: the zero-shot score is a softmax
+over TQN logits and moves far more than the embedding. Measured on the 8 e2e conformance
+records with the conformance weights and their 5 class texts (CPU autocast and TF32
+emulation; min cosine of the embedding to fp32, largest score change):
 
     trunk in bf16                       0.999995   0.0139
     query network (TQN) in bf16         1.0        0.0075
@@ -26,11 +28,12 @@ texts (CPU autocast; min cosine of the embedding to fp32, largest score change):
     convolutions in TF32 (emulated)     1.0        0.0013   (torch's CUDA default for cuDNN)
     convolutions + linears in TF32      1.0        0.0015   (emulated)
 
-Every bf16 split spends half or more of the 0.01 score budget on 8 records, and the budget is
-what separates a label from its neighbour, so none is kept. KED is 1.1 GFLOP per record for
-the trunk plus 0.53 + 0.076 per class for the TQN (about 7 GFLOP with ptbxl's 71 classes)
-against MELP's 41.6, so fp32 KED is affordable next to bf16 MELP. If KED ever bounds a GPU
-run (``bench/gpu_check.sh`` prints both rates), TF32 is the measured candidate, not bf16.
+Every bf16 split spends half or more of the 0.01 score budget on 8 records; TF32 everywhere
+spends 0.0015 (0.0017 measured on an H200, embedding cosine 0.9999999). And on an H200 KED in
+IEEE fp32 is the slower of the two models (1,770 records/s at batch 256 against MELP's 2,440
+in bf16): cuDNN picks FFT convolutions for the trunk (105 ms per 256 records) and the TQN runs
+fp32 GEMMs without tensor cores (40 ms); under TF32 they take 12 + 10 ms
+(``bench/gpu_profile.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecgembed.models.execution import check_precision, features_to_device, ieee_fp32, to_device, to_host
+from ecgembed.models.execution import check_precision, features_to_device, ieee_fp32, tf32, to_device, to_host
 
 from .checkpoint import fetch_checkpoint, load_section, read_checkpoint
 from .config import DEFAULT_WEIGHTS_URI, KEDConfig
@@ -49,12 +52,12 @@ from .xresnet import XResNet1d
 # section of the released .pt -> our attribute that owns its tensors
 SECTIONS = {"ecg_model": "encoder", "model": "tqn"}
 
-# precision -> model_version suffix; "" for both: the bf16 policy runs KED in fp32 (docstring)
-PRECISION_TAGS = {"fp32": "", "bf16": ""}
+# precision -> model_version suffix; "" for fp32 so fp32 rows keep the bare checkpoint sha256
+PRECISION_TAGS = {"fp32": "", "bf16": "+tf32"}
 
 
 def precision_tag(precision: str) -> str:
-    """The ``model_version`` suffix of rows computed at ``precision``: ``""`` (always fp32, see above)."""
+    """The ``model_version`` suffix of rows computed at ``precision`` (see the module docstring)."""
     return PRECISION_TAGS[check_precision(precision)]
 
 
@@ -63,7 +66,7 @@ class ECGFMKED(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model_version = model_version  # sha256 of the checkpoint file
-        self.precision = check_precision(precision)  # both run IEEE fp32 (module docstring)
+        self.precision = check_precision(precision)  # fp32: IEEE; bf16: TF32 on CUDA (module docstring)
         self.encoder = XResNet1d(cfg)
         self.tqn = QueryNetwork(cfg)
 
@@ -100,7 +103,7 @@ class ECGFMKED(nn.Module):
         when ``class_features`` (a list, see :meth:`to_device`) is given. One trunk pass for all sets."""
         feats = None if class_features is None else self.to_device(class_features)
         x = x.to(device=self.device, dtype=torch.float32, non_blocking=True)
-        with ieee_fp32(self.device):
+        with (ieee_fp32 if self.precision == "fp32" else tf32)(self.device):
             tokens = self.tokens(x)                                        # (B, 768, 32)
             out: dict = {"embedding": tokens.mean(-1)}                     # (B, 768)
             if feats is not None:

@@ -22,16 +22,21 @@ Precision, chosen once at load (weights are fp32 either way, the exact upcast of
 
 - ``"fp32"``: IEEE fp32 throughout (TF32 off on CUDA); reproduces the original code.
 - ``"bf16"``: the front (conv feature extractor, its LayerNorm and ``post_extract_proj``, 0.7 of
-  41.6 GFLOP per record) in IEEE fp32, the positional conv, transformer and heads under bf16
-  autocast. Whole-model autocast rounds the min-max scaled signal to bf16 before the first
-  convolutions and moves the embedding to cosine 0.991 to fp32 on real ECGs (the e2e
-  conformance records); with the front in fp32 the cosine is 0.99999 (embedding and probe).
+  41.6 GFLOP per record) in IEEE fp32, the positional conv (2.9 GFLOP) in fp32 with TF32 on
+  CUDA, the transformer and heads under bf16 autocast. Whole-model autocast rounds the min-max
+  scaled signal to bf16 before the first convolutions and moves the embedding to cosine 0.991
+  to fp32 on real ECGs (the e2e conformance records); with the front in fp32 the cosine is
+  0.99999 (embedding and probe).
   Measured on CPU autocast, e2e records, conformance weights (min cosine to fp32, embedding /
   probe): whole autocast 0.99109 / 0.99182; first conv fp32 0.999977 / 0.999979;
   ``conv_features`` fp32 0.999983 / 0.999986; front (+ ``post_extract_proj``) fp32
-  0.999992 / 0.999994 (chosen); + positional conv 0.999992 / 0.999993 and + heads 0.999985 /
+  0.999992 / 0.999994; + positional conv 0.999992 / 0.999993 and + heads 0.999985 /
   0.999988 (no further gain); the front under TF32 instead of IEEE fp32 (emulated) 0.999926.
-  The tag is ``+bf16-fp32front``: rows computed by the older whole-model autocast (``+bf16``)
+  The positional conv leaves bf16 for speed, not fidelity: on an H200 cuDNN runs this grouped
+  convolution (k=128, 16 groups) in bf16 through a generic implicit-GEMM kernel at 59 ms per
+  256 records, 56 % of the whole bf16 forward, against 9 ms in TF32 (``bench/gpu_profile.py``);
+  TF32 keeps 3 more mantissa bits than bf16. The tag is ``+bf16-fp32front-tf32pos``: rows of
+  the older policies (whole autocast ``+bf16``, positional conv in bf16 ``+bf16-fp32front``)
   are never mistaken for these.
 """
 from __future__ import annotations
@@ -45,6 +50,7 @@ from ecgembed.models.execution import (
     check_precision,
     features_to_device,
     ieee_fp32,
+    tf32,
     to_device,
     to_host,
 )
@@ -54,7 +60,7 @@ from .model import MELPEncoder
 from .text import MELPTextTower, load_text_tower, zero_shot_scores
 
 # precision -> suffix of model_version; "" for fp32 so fp32 rows keep the bare checkpoint sha256
-PRECISION_TAGS = {"fp32": "", "bf16": "+bf16-fp32front"}
+PRECISION_TAGS = {"fp32": "", "bf16": "+bf16-fp32front-tf32pos"}
 
 
 def precision_tag(precision: str) -> str:
@@ -116,8 +122,10 @@ class MELP(nn.Module):
         else:  # bf16 policy (module docstring)
             with ieee_fp32(self.device):
                 h = backbone.front(x)  # (B, 312, 768) fp32
+            with tf32(self.device):
+                h = backbone.position(h)  # fp32; bf16 would take cuDNN's slow grouped-conv kernel
             with bf16_autocast(self.device):
-                out = self.encoder.heads(backbone.transformer(h))
+                out = self.encoder.heads(backbone.encoder(h))
         keep = ["embedding", "probe_embedding"]
         if self.beat_level:
             keep.append("beat")

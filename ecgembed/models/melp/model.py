@@ -166,10 +166,13 @@ class ECGBackbone(nn.Module):
         """
         return self.post_extract_proj(self.conv_features(x))  # (B, T, C)
 
+    def position(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows 7-8: projected features plus their convolutional positional encoding (B, 312, 768)."""
+        return x + self.conv_pos(x.transpose(1, 2)).transpose(1, 2)  # (B, T, C)
+
     def transformer(self, x: torch.Tensor) -> torch.Tensor:
         """Rows 7-11: projected features (B, 312, 768) -> backbone tokens (B, 312, 768)."""
-        x = x + self.conv_pos(x.transpose(1, 2)).transpose(1, 2)  # (B, T, C)
-        return self.encoder(x)
+        return self.encoder(self.position(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Rows 1-11: (B, 12, 5000) -> backbone tokens (B, 312, 768)."""
