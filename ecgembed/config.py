@@ -66,7 +66,8 @@ class RunConfig:
         "where the model actors run: auto (GPU when the cluster has or can add GPU nodes), cpu or cuda",
         choices=("auto", "cpu", "cuda")))
     precision: str = field(default="fp32", metadata=_flag(
-        "fp32 (default) or bf16 (GPU: MELP's convolutional front stays fp32); part of model_version",
+        "fp32 (default, IEEE) or bf16: each model's fast policy (MELP in bf16 but its conv front; "
+        "ECGFM-KED in TF32); part of model_version",
         choices=PRECISIONS))
     gpus_per_actor: float | None = field(default=None, metadata=_flag(
         "GPUs per model actor (default 0.5: one actor of each model shares a GPU)", type=float, metavar="N"))

@@ -183,6 +183,9 @@ def ray_local(s3):
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Loopback only, and joined by subprocesses (`ecgembed run` with RAY_ADDRESS) that would not hold
+    # a generated auth token: the same setting as the multi-node fixture, whatever ran first
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # PYTHONPATH: workers can import the `tests` package (fault-injection hooks live there)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": {**s3.env, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}})

@@ -61,7 +61,7 @@ def test_small_cpu_mode_writes_every_figure(shared_dir, melp_weights_dir, ked_we
     assert rows["melp"]["fp32_strict"]["probe_max_abs"] <= 1e-4
     assert rows["ecgfm-ked"]["fp32_strict"]["scores_max_abs"] <= 1e-4
     assert rows["melp"]["bf16_policy"]["embedding_min_cosine"] >= 0.9999
-    assert rows["ecgfm-ked"]["bf16_policy"]["scores_max_abs"] <= 1e-4  # KED's bf16 policy is fp32
+    assert rows["ecgfm-ked"]["bf16_policy"]["scores_max_abs"] <= 1e-4  # KED's bf16 policy (TF32) is fp32 on CPU
 
     # (b) model-only rates with FLOPs from the flop counter
     throughput = figures["throughput"]
@@ -84,6 +84,20 @@ def test_small_cpu_mode_writes_every_figure(shared_dir, melp_weights_dir, ked_we
     if not pipeline_runs:
         assert pipeline["status"] == "skipped" and "CLI lacks" in pipeline["reason"]
         return
-    assert pipeline["status"] == "ok", pipeline
+    assert pipeline["status"] == "ok", pipeline.get("log_tail", pipeline)
     assert _finite(pipeline["records_per_s"]) and _finite(pipeline["efficiency"])
     assert pipeline["noop"]["exit_code"] == 0 and pipeline["noop"]["records_needing_work"] == 0
+
+
+def test_gpu_profile_runs_on_cpu(tmp_path):
+    """``bench/gpu_profile.py`` (the stage timings behind the bf16 policy) keeps running between loans."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_profile.py"), "--batch", "1", "--reps", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads((tmp_path / "gpu_profile.json").read_text())
+    melp, ked = figures["melp"], figures["ecgfm-ked"]
+    assert "error" not in melp and "error" not in ked, figures
+    for key in ("front_fp32_ms", "pos_conv_bf16_ms", "encoder_bf16_ms", "heads_bf16_ms", "whole_policy_ms",
+                "pos_conv_fp32+cudnn_benchmark_ms"):
+        assert _finite(melp[key]) and melp[key] > 0, key
+    assert _finite(ked["trunk_fp32_ms"]) and _finite(ked["query_fp32_ms"])
