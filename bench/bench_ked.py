@@ -5,9 +5,9 @@
     python bench/bench_ked.py --cpu-modes fp32,bf16,autocast
 
 Modes: ``fp32`` and ``bf16`` are the model's precisions (``load_ked(..., precision=...)``); the
-bf16 policy runs ECGFM-KED in IEEE fp32 (it costs the zero-shot scores fidelity, see
-``ecgembed/models/ecgfm_ked/model.py``), so their ratio is ~1 by construction. ``autocast``
-(bench only) runs the whole model under bf16 autocast: the speed the policy gives up.
+bf16 policy runs ECGFM-KED in fp32 with TF32 on CUDA (bf16 costs the zero-shot scores fidelity,
+see ``ecgembed/models/ecgfm_ked/model.py``), so on CPU their ratio is ~1 by construction.
+``autocast`` (bench only) runs the whole model under bf16 autocast.
 
 Inputs are random tensors of the model's shape (no decoding, no preprocessing), so this
 measures the model alone. Each configuration is warmed up, then timed over whole batches
