@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ecgembed.models.ecgfm_ked import ECGFMKED  # noqa: E402
-from ecgembed.models.execution import bf16_autocast, ieee_fp32  # noqa: E402
+from ecgembed.models.execution import bf16_autocast, ieee_fp32, tf32  # noqa: E402
 from ecgembed.models.melp import MELPConfig, MELPEncoder  # noqa: E402
 
 
@@ -59,17 +59,6 @@ def cudnn_benchmark(on: bool):
         yield
     finally:
         torch.backends.cudnn.benchmark = saved
-
-
-@contextlib.contextmanager
-def tf32(device: torch.device):
-    with torch.autocast(device.type, enabled=False):
-        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def melp_stages(device: torch.device, batch: int, reps: int) -> dict:

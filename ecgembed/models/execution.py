@@ -41,37 +41,31 @@ def check_precision(precision: str) -> str:
 
 
 @contextlib.contextmanager
-def ieee_fp32(device: torch.device) -> Iterator[None]:
+def _fp32_block(device: torch.device, allow_tf32: bool) -> Iterator[None]:
+    """No autocast, and on CUDA TF32 set to ``allow_tf32`` for matmuls and cuDNN convolutions
+    (process-wide switches in torch: set for the block, restored on exit)."""
+    with torch.autocast(device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+            torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def ieee_fp32(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """IEEE fp32 for the block: no autocast, and on CUDA no TF32 in matmuls or cuDNN convolutions."""
-    with torch.autocast(device.type, enabled=False):
-        if device.type != "cuda":
-            yield
-            return
-        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = matmul
-            torch.backends.cudnn.allow_tf32 = cudnn
+    return _fp32_block(device, allow_tf32=False)
 
 
-@contextlib.contextmanager
-def tf32(device: torch.device) -> Iterator[None]:
+def tf32(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """fp32 tensors with TF32 matmuls and cuDNN convolutions on CUDA (IEEE fp32 elsewhere); no autocast."""
-    with torch.autocast(device.type, enabled=False):
-        if device.type != "cuda":
-            yield
-            return
-        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = matmul
-            torch.backends.cudnn.allow_tf32 = cudnn
+    return _fp32_block(device, allow_tf32=True)
 
 
 def bf16_autocast(device: torch.device) -> torch.autocast:
