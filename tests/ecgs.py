@@ -1,7 +1,9 @@
-"""Helpers that write small WFDB records for tests (real files, written by the ``wfdb`` package)."""
+"""Helpers that write small WFDB records for tests (real files, written by the ``wfdb`` package),
+or copy real ones from ``shared/data/ecg``."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +33,12 @@ def write_wfdb(folder: Path, name: str, signal: np.ndarray | None = None, *, fs:
                 fmt=[fmt] * n, adc_gain=[gain] * n, baseline=[0] * n, comments=comments or [],
                 write_dir=str(folder))
     return folder / f"{name}.hea"
+
+
+def copy_cinc_records(ecg_dir: Path, folder: Path, names: tuple[str, ...] = ("E07500", "E07501", "E07502")) -> Path:
+    """Copy real CinC 2021 records (``.hea`` + ``.mat``) from ``shared/data/ecg`` into a new ``folder``."""
+    folder.mkdir(parents=True)
+    for name in names:
+        for ext in (".hea", ".mat"):
+            shutil.copy(ecg_dir / "cinc2021_torch-ecg" / f"{name}{ext}", folder / f"{name}{ext}")
+    return folder

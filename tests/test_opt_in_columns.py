@@ -5,21 +5,17 @@ Also `ecgembed inspect` on a file of every format."""
 from __future__ import annotations
 
 import json
-import shutil
 
 from ecgembed.cli import main
 from ecgembed.config import RunConfig
 from ecgembed.pipeline import run
 from ecgembed.tables.views import connect
+from tests.ecgs import copy_cinc_records
 
 
 def test_manifest_columns_and_opted_in_metadata_reach_their_tables_only(ecg_dir, ray_local, tmp_path):
-    archive = tmp_path / "in"
-    archive.mkdir()
     names = ("E07500", "E07501", "E07502")
-    for name in names:
-        for ext in (".hea", ".mat"):
-            shutil.copy(ecg_dir / "cinc2021_torch-ecg" / f"{name}{ext}", archive / f"{name}{ext}")
+    archive = copy_cinc_records(ecg_dir, tmp_path / "in", names)
     manifest = archive / "record_list.csv"
     manifest.write_text("path,site,study_time,patient_id\n"
                         + "".join(f"{n},ward-{i},2026-11-2{i}T08:00,P{i:04d}\n" for i, n in enumerate(names)))

@@ -7,7 +7,6 @@ ledger rows and its ``*_current`` view, with no other change anywhere.
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 
@@ -16,6 +15,7 @@ from ecgembed.models import registry
 from ecgembed.models.spec import ModelSpec, Vector
 from ecgembed.pipeline import run
 from ecgembed.tables.views import connect
+from tests.ecgs import copy_cinc_records
 
 DIM, SAMPLES = 8, 200
 
@@ -70,12 +70,8 @@ TOY = ToySpec()
 
 def test_a_registered_third_encoder_gets_its_table_scores_ledger_and_views(ecg_dir, ray_local, tmp_path, monkeypatch):
     monkeypatch.setitem(registry.SPECS, TOY.name, TOY)            # the one registration line
-    archive = tmp_path / "in"
-    archive.mkdir()
     names = ("E07500", "E07501", "E07502")
-    for name in names:
-        for ext in (".hea", ".mat"):
-            shutil.copy(ecg_dir / "cinc2021_torch-ecg" / f"{name}{ext}", archive / f"{name}{ext}")
+    archive = copy_cinc_records(ecg_dir, tmp_path / "in", names)
     out = tmp_path / "out"
     manifest = run(RunConfig(inputs=[str(archive)], output=str(out), stand_in=True, labels=["chapman"],
                              models=("melp", "toy-ecg")))
