@@ -243,12 +243,7 @@ def _parse_cached(text: bytes | str, uri: str, limits: Limits) -> Header | Multi
 
 
 def _int(fields: list[str], i: int, default, uri: str, what: str):
-    if len(fields) <= i:
-        return default
-    try:
-        return int(fields[i])
-    except ValueError:
-        raise ECGError(uri, "bad_header", f"malformed {what} {excerpt(fields[i])!r} in the record line") from None
+    return _signal_int(fields, i, default, "the record line", uri, what)
 
 
 def _parse_segments(name, n_seg, n_sig, fs, sig_len, lines, comments, uri, limits) -> MultiHeader:
